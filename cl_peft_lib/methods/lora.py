@@ -1,0 +1,1 @@
+"""LoRA methods (plain LoRA, L2L, S-LoRA): being written."""

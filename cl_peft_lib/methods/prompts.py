@@ -1,0 +1,1 @@
+"""Prompt-tuning methods (L2P, S-Prompts, DualPrompt): being written."""

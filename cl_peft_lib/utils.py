@@ -1,0 +1,118 @@
+"""Small helpers: seeding, devices, mixed precision, provenance, atomic JSON."""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import random
+import subprocess
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """``auto``/None picks CUDA when available, else the CPU; otherwise ``torch.device(device)``.
+
+    The default comes from ``$CL_PEFT_DEVICE`` when set.
+    """
+    device = device or os.environ.get("CL_PEFT_DEVICE", "auto")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{device}' asked for but CUDA is not available; use --device cpu")
+    return torch.device(device)
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed-precision dtype: bf16 on GPUs that support it, fp16 on older ones (T4), None (fp32) on CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device):
+    """Autocast context for :func:`amp_dtype` (a no-op on CPU)."""
+    dt = amp_dtype(device)
+    return torch.autocast(device.type, dtype=dt) if dt is not None else nullcontext()
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or None
+    except Exception:
+        return None
+
+
+def provenance(device: torch.device | str | None = None, **extra: Any) -> dict[str, Any]:
+    """Where and with what a result was made: device, versions, date, commit, plus ``extra``."""
+    import peft
+    import timm
+
+    dev = resolve_device(str(device) if device is not None else None)
+    info = {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "peft": peft.__version__,
+        "python": platform.python_version(),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": _git_commit(),
+    }
+    info.update(extra)
+    return info
+
+
+def provenance_line(**kwargs: Any) -> str:
+    """:func:`provenance` as one printable line (notebooks print it first)."""
+    return " | ".join(f"{k}={v}" for k, v in provenance(**kwargs).items() if v is not None)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON so that readers never see a half-written file (write, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, default=_json_default)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, (torch.Tensor, np.ndarray)):
+        return o.tolist()
+    if isinstance(o, (Path, torch.device, torch.dtype)):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")

@@ -1,0 +1,126 @@
+"""The shared loop: end-to-end baselines, resume, and every bad input the loop must refuse."""
+import json
+
+import pytest
+import torch
+
+from cl_peft_lib.backbones import create_backbone, state_fingerprint
+from cl_peft_lib.cli import main as cli_main
+from cl_peft_lib.data.scenarios import build_benchmark
+from cl_peft_lib.loop import CheckpointError, NonFiniteLossError, RunConfig, run_continual
+from cl_peft_lib.profiles import get_profile
+
+BB = "test_vit_micro"
+
+
+@pytest.fixture(scope="module")
+def real_cil():
+    """offline-cil on real data, 3 tasks of 10 classes, 30 train / 15 test images per class."""
+    p = get_profile("smoke", train_per_class=30, test_per_class=15, cil_tasks=3)
+    return build_benchmark("offline-cil", p, seed=0)
+
+
+def _run(method, scenario, tmp_path=None, **kw):
+    opts = kw.pop("opts", {})
+    cb = kw.pop("step_callback", None)
+    cfg = RunConfig(method, scenario.name, "smoke", seed=kw.pop("seed", 0), device="cpu",
+                    out_dir=str(tmp_path) if tmp_path else None, method_options=opts, backbone=BB, progress=False, **kw)
+    return run_continual(cfg, scenario=scenario, backbone=create_backbone(BB), step_callback=cb)
+
+
+@pytest.mark.parametrize("method,opts", [("finetune", {"epochs": 3, "lr": 1e-3}), ("linear_probe", {"epochs": 3}),
+                                         ("ncm", {}), ("joint", {"epochs": 3, "lr": 1e-3})])
+def test_baselines_learn(method, opts, real_cil, tmp_path):
+    res = _run(method, real_cil, tmp_path, opts=opts)
+    R = res["accuracy_matrix"]
+    assert res["status"] == "complete" and len(R) == 3 and [len(r) for r in R] == [1, 2, 3]
+    assert R[0][0] > 10.0 + 15.0, f"{method} did not learn task 0 (chance 10%): {R}"
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["accuracy_matrix"] == R and on_disk["metrics"] == res["metrics"]
+    assert on_disk["provenance"]["backbone"] == "random:test_vit_micro"
+    assert on_disk["trainable_params"] == res["trainable_params"]
+    if method == "finetune":
+        assert res["metrics"]["forgetting"] > 20.0, f"sequential fine-tuning should forget: {R}"
+        assert R[-1][0] < R[0][0] - 20.0
+    if method == "joint":  # trained on all data seen so far: the last row stays well above chance (3.3%)
+        assert min(R[-1]) > 10.0, R
+    if method == "ncm":
+        assert res["trainable_params"] == 0
+
+
+def test_frozen_backbone_stays_bit_identical(real_cil):
+    bb = create_backbone(BB)
+    before = state_fingerprint(bb)
+    cfg = RunConfig("linear_probe", real_cil.name, "smoke", device="cpu", backbone=BB, progress=False,
+                    method_options={"epochs": 1})
+    run_continual(cfg, scenario=real_cil, backbone=bb)
+    assert state_fingerprint(bb) == before
+
+
+def test_resume_after_kill_gives_identical_matrix(real_cil, tmp_path):
+    full = _run("finetune", real_cil, tmp_path / "full", opts={"epochs": 1, "lr": 1e-3})
+
+    class Killed(Exception):
+        pass
+
+    def kill(task, step, method):
+        if task == 2 and step == 1:
+            raise Killed
+
+    cfg = RunConfig("finetune", real_cil.name, "smoke", device="cpu", out_dir=str(tmp_path / "k"), backbone=BB,
+                    progress=False, method_options={"epochs": 1, "lr": 1e-3})
+    with pytest.raises(Killed):
+        run_continual(cfg, scenario=real_cil, backbone=create_backbone(BB), step_callback=kill)
+    partial = json.loads((tmp_path / "k" / "results.json").read_text())
+    assert partial["status"] == "failed" and len(partial["accuracy_matrix"]) == 2  # finished tasks kept
+    resumed = run_continual(cfg, scenario=real_cil, backbone=create_backbone(BB))
+    assert resumed["resumed_from_task"] == 1
+    assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
+
+
+def test_nan_loss_stops_and_keeps_finished_tasks(real_cil, tmp_path):
+    def poison(task, step, method):
+        if task == 1 and step == 0:
+            with torch.no_grad():
+                method.head.weight.fill_(float("nan"))
+
+    with pytest.raises(NonFiniteLossError, match="task 1"):
+        _run("linear_probe", real_cil, tmp_path, opts={"epochs": 1}, step_callback=poison)
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["status"] == "failed" and "NonFiniteLossError" in res["error"]
+    assert len(res["accuracy_matrix"]) == 1
+
+
+def test_corrupt_or_foreign_checkpoint_refused(real_cil, tmp_path):
+    _run("linear_probe", real_cil, tmp_path, opts={"epochs": 1})
+    with pytest.raises(CheckpointError, match="different run"):
+        _run("linear_probe", real_cil, tmp_path, opts={"epochs": 1, "lr": 0.01})
+    with pytest.raises(CheckpointError, match="different run"):
+        _run("linear_probe", real_cil, tmp_path, opts={"epochs": 1}, seed=1)
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        _run("linear_probe", real_cil, tmp_path, opts={"epochs": 1})
+
+
+def test_unknown_option_lists_valid(real_cil):
+    with pytest.raises(ValueError, match="valid: .*surrogate|valid: .*lr"):
+        _run("linear_probe", real_cil, opts={"learning_rate": 1.0})
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--method", "nope", "--benchmark", "offline-cil"], "valid: finetune"),
+    (["--method", "ncm", "--benchmark", "nope"], "valid: offline-cil"),
+    (["--method", "ncm", "--benchmark", "offline-cil", "--profile", "nope"], "valid: smoke, offline, paper"),
+    (["--method", "ncm", "--benchmark", "offline-cil", "--backbone", "nope"], "valid:"),
+])
+def test_cli_bad_names(args, needle, capsys, tmp_path):
+    assert cli_main(["run", *args, "--device", "cpu", "--out", str(tmp_path), "--quiet"]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_cli_run_prints_matrix(capsys, tmp_path):
+    rc = cli_main(["run", "--method", "ncm", "--benchmark", "offline-dil", "--profile", "smoke", "--device", "cpu",
+                   "--backbone", BB, "--out", str(tmp_path), "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "accuracy matrix" in out and "mnist-rot90" in out and "forgetting" in out
+    assert json.loads((tmp_path / "results.json").read_text())["status"] == "complete"
