@@ -1,9 +1,11 @@
-"""Command line: ``cl-peft run``, ``cl-peft list``, ``cl-peft data export``.
+"""Command line: ``cl-peft run``, ``cl-peft grid``, ``cl-peft list``, ``cl-peft data export``.
 
 Examples::
 
     cl-peft run --method l2p --benchmark offline-cil --profile smoke --seed 0
     cl-peft run --method sprompts --benchmark offline-dil --opt oracle_task_id=true
+    torchrun --nproc_per_node 2 -m cl_peft_lib run --method l2p --benchmark domainnet --profile paper
+    cl-peft grid --methods l2p,dualprompt --benchmarks offline-cil --seeds 0,1,2 --out runs/grid
     cl-peft list
 
 Chapter: ``notebooks/01_continual_learning.ipynb``.
@@ -46,6 +48,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="override a method config field, e.g. --opt lr=0.01 --opt top_n=3")
     r.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint (it is overwritten)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = sub.add_parser("grid", help="run methods x benchmarks x seeds, spread over GPUs or CPU processes")
+    g.add_argument("--methods", required=True, help="comma-separated, e.g. l2p,dualprompt")
+    g.add_argument("--benchmarks", required=True, help="comma-separated, e.g. offline-cil,offline-dil")
+    g.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1,2")
+    g.add_argument("--profile", default=None, help="smoke | offline | paper (default: $CL_PEFT_PROFILE or offline)")
+    g.add_argument("--out", default="runs/grid", help="grid folder (runs in <out>/<benchmark>/<method>/seed<seed>)")
+    g.add_argument("--gpus", default=None, help="GPU indices among the visible ones (default: all visible)")
+    g.add_argument("--workers", type=int, default=None, help="parallel CPU processes (when no GPU is used)")
+    g.add_argument("--backbone", default=None, help="override the profile's backbone")
+    g.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="method option for every run")
     sub.add_parser("list", help="list methods, benchmarks, profiles and backbones")
     d = sub.add_parser("data", help="offline data utilities")
     d.add_argument("action", choices=["export"])
@@ -67,8 +79,23 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"exported to {export_offline_data(a.dest)}; set CL_PEFT_OFFLINE_DATA={a.dest} on the other machine")
         return 0
+    if a.cmd == "grid":
+        from .grid import run_grid
+
+        for o in a.opt:
+            if "=" not in o:
+                print(f"error: --opt expects KEY=VALUE, got '{o}'", file=sys.stderr)
+                return 2
+        try:
+            grid = run_grid(a.methods, a.benchmarks, a.seeds, a.profile, a.out, a.gpus, a.workers, a.backbone, a.opt)
+        except (KeyError, ValueError) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+            print(f"error: {msg}", file=sys.stderr)
+            return 2
+        return 1 if grid["counts"]["failed"] else 0
 
     from .data.base import DatasetNotFoundError
+    from .distributed import env_rank
     from .loop import CheckpointError, NonFiniteLossError, RunConfig, run_continual
     from .metrics import format_matrix
     from .profiles import get_profile
@@ -81,8 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         res = run_continual(cfg)
     except (KeyError, ValueError, DatasetNotFoundError, FileNotFoundError, CheckpointError, NonFiniteLossError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}", file=sys.stderr)
+        if env_rank() == 0:  # under torchrun every rank meets the same error; say it once
+            print(f"error: {msg}", file=sys.stderr)
         return 2
+    if env_rank() != 0:  # under torchrun, rank 0 alone prints the summary
+        return 0
     print(f"{res['method']} on {res['benchmark']} ({res['scenario']}-incremental), profile {res['profile']}, "
           f"seed {res['seed']}, backbone {res['provenance']['backbone']}, {res['provenance']['device']}")
     print(f"trainable parameters: {res['trainable_params']:,}")

@@ -7,6 +7,10 @@ checkpoint and the results JSON are written atomically; a run that was killed
 restarts from the last finished task and ends with the identical matrix
 (each task reseeds from ``(seed, task)``, so nothing depends on how the run got there).
 
+Launched by ``torchrun --nproc_per_node N``, the same loop trains data-parallel
+(:mod:`cl_peft_lib.distributed`: sharded batches, averaged gradients, sharded evaluation,
+files written by rank 0); in one process nothing of that is touched.
+
 Chapter: ``notebooks/01_continual_learning.ipynb``.
 """
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from . import distributed as D
 from .backbones import create_backbone, state_fingerprint
 from .data.base import ConcatImageDataset, has_fast_batches
 from .data.scenarios import Scenario, build_benchmark
@@ -83,13 +88,25 @@ def method_config(method: str, profile: Profile, options: dict[str, Any] | None 
 
 
 def batches(ds: Dataset, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
-            num_workers: int = 0, pin_memory: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(uint8 images, labels)`` batches; in-memory data is sliced directly (no per-item Python)."""
+            num_workers: int = 0, pin_memory: bool = False,
+            shard: D.Shard | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(uint8 images, labels)`` batches; in-memory data is sliced directly (no per-item Python).
+
+    With ``shard`` (data-parallel runs) only this rank's part is read, shuffled by the shard's
+    seed and epoch instead of ``generator`` (see :func:`cl_peft_lib.distributed.shard_indices`).
+    """
     if has_fast_batches(ds):
         n = len(ds)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        for i in range(0, n, batch_size):
+        if shard is not None:
+            order = D.shard_indices(n, shard, shuffle)
+        else:
+            order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for i in range(0, len(order), batch_size):
             yield ds.get_batch(order[i:i + batch_size])
+        return
+    if shard is not None:
+        yield from DataLoader(ds, batch_size=batch_size, sampler=D.shard_sampler(ds, shard, shuffle),
+                              generator=generator, num_workers=num_workers, pin_memory=pin_memory)
         return
     yield from DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=generator,
                           num_workers=num_workers, pin_memory=pin_memory)
@@ -126,7 +143,8 @@ class Runner:
     def __init__(self, cfg: RunConfig, scenario: Scenario | None = None, backbone: torch.nn.Module | None = None) -> None:
         self.cfg = cfg
         self.profile = get_profile(cfg.profile)
-        self.device = resolve_device(cfg.device)
+        D.init_from_env(resolve_device(cfg.device))  # no-op in one process, and once per process under torchrun
+        self.device = D.local_device(resolve_device(cfg.device))
         get_method_class(cfg.method)  # fail on a bad name before loading any data
         seed_everything(cfg.seed)
         self.scenario = scenario or build_benchmark(cfg.benchmark, self.profile, cfg.seed)
@@ -143,11 +161,12 @@ class Runner:
 
     # ------------------------------------------------------------------ data
     def model_batches(self, ds: Dataset, batch_size: int | None = None, shuffle: bool = False,
-                      generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Model-ready ``(x, y)`` batches on the device."""
+                      generator: torch.Generator | None = None,
+                      shard: D.Shard | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Model-ready ``(x, y)`` batches on the device (this rank's part only, with ``shard``)."""
         pin = self.device.type == "cuda"
         for x, y in batches(ds, batch_size or self.profile.eval_batch_size, shuffle, generator,
-                            self.profile.num_workers, pin):
+                            self.profile.num_workers, pin, shard):
             x = x.to(self.device, non_blocking=True)
             yield to_model_input(x, self.size, self.mean, self.std), y.to(self.device, non_blocking=True)
 
@@ -173,25 +192,39 @@ class Runner:
         groups = [g for g in m.param_groups() if g["params"]]
         if cfg.epochs <= 0 or not groups:
             return {}
-        steps = math.ceil(len(ds) / cfg.batch_size)
+        # Data-parallel: each rank takes 1/world of every batch, so the global batch stays cfg.batch_size.
+        world = D.world_size()
+        bs = math.ceil(cfg.batch_size / world)
+        steps = math.ceil(math.ceil(len(ds) / world) / bs)
         opt, sched = build_optimizer(cfg, groups, steps * cfg.epochs)
         params = [p for g in groups for p in g["params"]]
+        D.broadcast_parameters(params)  # every rank starts the task from rank 0's values (no-op in one process)
         scaler = torch.amp.GradScaler(enabled=amp_dtype(self.device) == torch.float16)
         m.train()
         last = {}
-        bar = tqdm(total=steps * cfg.epochs, desc=f"task {t}", disable=not self.cfg.progress, leave=False)
+        bar = tqdm(total=steps * cfg.epochs, desc=f"task {t}", disable=not self.cfg.progress or not D.is_main(),
+                   leave=False)
         try:
             for epoch in range(cfg.epochs):
-                g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + t * 1009 + epoch)
-                for step, (x, y) in enumerate(self.model_batches(ds, cfg.batch_size, True, g)):
+                seed = self.cfg.seed * 1_000_003 + t * 1009
+                g = torch.Generator().manual_seed(seed + epoch)
+                shard = D.Shard(D.rank(), world, seed, epoch) if world > 1 else None
+                for step, (x, y) in enumerate(self.model_batches(ds, bs, True, g, shard)):
                     with autocast(self.device):
                         loss, logs = m.observe(x, y)
-                    if not torch.isfinite(loss):
+                    if world == 1 and not torch.isfinite(loss):
                         raise NonFiniteLossError(
                             f"loss became {loss.item()} at task {t}, epoch {epoch}, step {step}; "
                             f"lower the learning rate (e.g. --opt lr={cfg.lr / 10:g}) or check the data")
                     opt.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
+                    if world > 1:  # all ranks see the same averaged loss, so all raise together
+                        loss = D.average_gradients(params, loss)
+                        if not torch.isfinite(loss):
+                            raise NonFiniteLossError(
+                                f"loss became {loss.item()} at task {t}, epoch {epoch}, step {step} (mean over "
+                                f"{world} ranks); lower the learning rate (e.g. --opt lr={cfg.lr / 10:g}) "
+                                f"or check the data")
                     if cfg.grad_clip:
                         scaler.unscale_(opt)
                         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -207,7 +240,7 @@ class Runner:
         finally:
             bar.close()
             m.eval()
-        return last
+        return D.mean_logs(last)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -217,15 +250,19 @@ class Runner:
         oracle = bool(getattr(self.mcfg, "oracle_task_id", False))
         accs, tids = [], []
         m.eval()
+        world = D.world_size()
+        shard = D.Shard(D.rank(), world, pad=False) if world > 1 else None  # each rank counts its part
         for i, task in enumerate(self.scenario.tasks[: t + 1]):
             correct = n = tcorrect = 0
-            for x, y in self.model_batches(task.test):
+            for x, y in self.model_batches(task.test, shard=shard):
                 with autocast(self.device):
                     logits = m.predict(x, task_id=i if oracle else None)
                 correct += int((logits.argmax(1) == y).sum())
                 n += len(y)
                 if m.identifies_tasks and m.last_task_ids is not None:
                     tcorrect += int((m.last_task_ids == i).sum())
+            if world > 1:
+                correct, n, tcorrect = D.all_reduce_sum([correct, n, tcorrect])
             accs.append(100.0 * correct / max(n, 1))
             tids.append(100.0 * tcorrect / max(n, 1))
         return accs, (tids if m.identifies_tasks else None)
@@ -255,10 +292,84 @@ class Runner:
             raise CheckpointError(f"checkpoint {path} does not fit the method: {e}") from e
         return ck
 
+    def run(self, step_callback: Callable[[int, int, ContinualMethod], None] | None = None) -> dict[str, Any]:
+        """Train and evaluate task after task (resuming from a checkpoint); see :func:`run_continual`.
+
+        After it returns, ``self.method`` is the trained method, for inspection.
+        """
+        r, cfg = self, self.cfg
+        s, m = r.scenario, r.method
+        result: dict[str, Any] = {
+            "method": cfg.method, "benchmark": s.name, "scenario": s.kind, "profile": r.profile.name,
+            "seed": cfg.seed, "config": r.mcfg.to_dict(), "run": asdict(cfg),
+            "provenance": provenance(r.device, backbone=r.backbone.cl_tag, datasets=",".join(s.datasets)),
+            "task_names": [t.name for t in s.tasks], "class_order": s.class_order,
+            "accuracy_matrix": [], "task_id_accuracy": None, "wall_time_s": [], "train_logs": [],
+            "trainable_params": m.num_trainable(), "status": "running",
+        }
+        if D.world_size() > 1:
+            import torch.distributed as dist
+
+            if len(set(D.all_gather_object(r.fingerprint()))) > 1:  # frozen weights are never broadcast
+                raise RuntimeError("the ranks disagree on the run (backbone weights, data or config differ); a random "
+                                   "backbone passed to run_continual must be created after seeding, identically on "
+                                   "every rank")
+            result["distributed"] = {"world_size": D.world_size(), "backend": dist.get_backend(),
+                                     "note": "train_logs average the ranks; extra metrics (e.g. selection counts) "
+                                             "are rank 0's shard"}
+        ck = r.load_checkpoint()  # every rank loads the same checkpoint
+        D.barrier()  # ... before rank 0 may overwrite it
+        start = 0
+        if ck is not None:
+            start = ck["task"] + 1
+            for k in ("accuracy_matrix", "task_id_accuracy", "wall_time_s", "train_logs"):
+                result[k] = ck["results"][k]
+            result["resumed_from_task"] = ck["task"]
+        results_path = r.out / "results.json" if r.out and D.is_main() else None  # rank 0 writes
+        try:
+            for t in range(start, s.num_tasks):
+                task = s.tasks[t]
+                seed_everything(cfg.seed * 1000 + t)
+                t0 = time.perf_counter()
+                m.begin_task(t, task.classes)
+                logs = r.train_task(t, step_callback)
+                m.end_task(t, r.context(task))
+                t1 = time.perf_counter()
+                accs, tids = r.evaluate(t)
+                t2 = time.perf_counter()
+                result["accuracy_matrix"].append(accs)
+                if tids is not None:
+                    result["task_id_accuracy"] = (result["task_id_accuracy"] or []) + [tids]
+                result["wall_time_s"].append({"train": round(t1 - t0, 3), "eval": round(t2 - t1, 3)})
+                result["train_logs"].append(logs)
+                result["trainable_params"] = m.num_trainable()
+                if results_path:
+                    atomic_torch_save({"fingerprint": r.fingerprint(), "task": t, "state": m.checkpoint_state(),
+                                       "results": {k: result[k] for k in ("accuracy_matrix", "task_id_accuracy",
+                                                                          "wall_time_s", "train_logs")}},
+                                      r._ckpt_path())
+                    atomic_write_json(results_path, result)
+        except Exception as e:
+            result["status"] = "failed"
+            result["error"] = f"{type(e).__name__}: {e}"
+            if results_path:
+                atomic_write_json(results_path, result)
+            raise
+        result["metrics"] = summarize(result["accuracy_matrix"])
+        result["extra"] = m.extra_metrics()
+        result["status"] = "complete"
+        if results_path:
+            atomic_write_json(results_path, result)
+        return result
+
 
 def run_continual(cfg: RunConfig, scenario: Scenario | None = None, backbone: torch.nn.Module | None = None,
                   step_callback: Callable[[int, int, ContinualMethod], None] | None = None) -> dict[str, Any]:
     """Run one method through a benchmark; return (and write) the results.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) every process calls this; the first call joins the
+    process group (kept for later calls, left at exit), training is data-parallel and only
+    rank 0 writes files. Every rank returns the same results.
 
     Args:
         cfg: what to run.
@@ -275,56 +386,4 @@ def run_continual(cfg: RunConfig, scenario: Scenario | None = None, backbone: to
         NonFiniteLossError: the loss became NaN/inf (results of finished tasks are kept on disk).
         CheckpointError: a foreign or corrupt checkpoint is in ``out_dir``.
     """
-    r = Runner(cfg, scenario, backbone)
-    s, m = r.scenario, r.method
-    result: dict[str, Any] = {
-        "method": cfg.method, "benchmark": s.name, "scenario": s.kind, "profile": r.profile.name,
-        "seed": cfg.seed, "config": r.mcfg.to_dict(), "run": asdict(cfg),
-        "provenance": provenance(r.device, backbone=r.backbone.cl_tag, datasets=",".join(s.datasets)),
-        "task_names": [t.name for t in s.tasks], "class_order": s.class_order,
-        "accuracy_matrix": [], "task_id_accuracy": None, "wall_time_s": [], "train_logs": [],
-        "trainable_params": m.num_trainable(), "status": "running",
-    }
-    ck = r.load_checkpoint()
-    start = 0
-    if ck is not None:
-        start = ck["task"] + 1
-        for k in ("accuracy_matrix", "task_id_accuracy", "wall_time_s", "train_logs"):
-            result[k] = ck["results"][k]
-        result["resumed_from_task"] = ck["task"]
-    results_path = r.out / "results.json" if r.out else None
-    try:
-        for t in range(start, s.num_tasks):
-            task = s.tasks[t]
-            seed_everything(cfg.seed * 1000 + t)
-            t0 = time.perf_counter()
-            m.begin_task(t, task.classes)
-            logs = r.train_task(t, step_callback)
-            m.end_task(t, r.context(task))
-            t1 = time.perf_counter()
-            accs, tids = r.evaluate(t)
-            t2 = time.perf_counter()
-            result["accuracy_matrix"].append(accs)
-            if tids is not None:
-                result["task_id_accuracy"] = (result["task_id_accuracy"] or []) + [tids]
-            result["wall_time_s"].append({"train": round(t1 - t0, 3), "eval": round(t2 - t1, 3)})
-            result["train_logs"].append(logs)
-            result["trainable_params"] = m.num_trainable()
-            if r.out:
-                atomic_torch_save({"fingerprint": r.fingerprint(), "task": t, "state": m.checkpoint_state(),
-                                   "results": {k: result[k] for k in ("accuracy_matrix", "task_id_accuracy",
-                                                                      "wall_time_s", "train_logs")}},
-                                  r._ckpt_path())
-                atomic_write_json(results_path, result)
-    except Exception as e:
-        result["status"] = "failed"
-        result["error"] = f"{type(e).__name__}: {e}"
-        if results_path:
-            atomic_write_json(results_path, result)
-        raise
-    result["metrics"] = summarize(result["accuracy_matrix"])
-    result["extra"] = m.extra_metrics()
-    result["status"] = "complete"
-    if results_path:
-        atomic_write_json(results_path, result)
-    return result
+    return Runner(cfg, scenario, backbone).run(step_callback)

@@ -44,10 +44,10 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     # CI: 2 CPU cores, every notebook in minutes.
     "smoke": Profile("smoke", "offline_vit_tiny_p4_28", train_per_class=16, test_per_class=10,
-                     epochs=1, batch_size=32, eval_batch_size=128),
+                     epochs=2, batch_size=16, eval_batch_size=128),
     # The offline default: real registry data, the project's distilled ViT; CPU-feasible, fast on a GPU.
-    "offline": Profile("offline", "offline_vit_tiny_p4_28", train_per_class=1000, test_per_class=500,
-                       batch_size=64, eval_batch_size=512),
+    "offline": Profile("offline", "offline_vit_tiny_p4_28", train_per_class=300, test_per_class=200,
+                       batch_size=128, eval_batch_size=512),
     # The paper's setting: ViT-B/16 ImageNet-21k, full data sets, the methods' published defaults.
     "paper": Profile("paper", "vit_base_patch16_224.augreg_in21k", eval_batch_size=256, num_workers=4, cil_tasks=10),
 }

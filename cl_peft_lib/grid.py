@@ -1,0 +1,329 @@
+"""The grid runner: many independent runs (method x benchmark x seed) spread over GPUs or CPU processes.
+
+Every run is an ordinary ``python -m cl_peft_lib run`` in its own subprocess, writing to
+``<out>/<benchmark>/<method>/seed<seed>/`` (``results.json``, ``checkpoint.pt``, ``log.txt``).
+On GPUs each device runs one run at a time (``CUDA_VISIBLE_DEVICES`` set to it); on a CPU
+machine ``workers`` runs go in parallel. A run whose ``results.json`` says ``complete`` for the
+same settings is skipped, so re-running the grid only does what is missing (an interrupted run
+resumes from its checkpoint). A failed run is reported and the others go on. At the end,
+``<out>/grid.json`` holds every run and, per benchmark and method, mean and standard deviation
+over seeds of the final metrics.
+
+Example::
+
+    cl-peft grid --methods l2p,dualprompt --benchmarks offline-cil,offline-dil --seeds 0,1,2 \\
+        --profile offline --out runs/grid            # all visible GPUs, else one CPU process
+    cl-peft grid ... --gpus 0,1                      # these GPUs (indices among the visible ones)
+    cl-peft grid ... --workers 2                     # two CPU processes
+
+Chapter: README ("Several GPUs"); the book's comparison chapters read ``grid.json``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import queue
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .utils import atomic_write_json
+
+#: Metrics of :func:`cl_peft_lib.metrics.summarize` aggregated over seeds.
+SUMMARY_METRICS = ("average_accuracy", "average_incremental_accuracy", "forgetting", "backward_transfer")
+#: Launcher variables a child must not inherit (it would try to join the parent's process group).
+_TORCHRUN_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                  "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
+@dataclass
+class GridRun:
+    """One cell of the grid and what became of it."""
+
+    method: str
+    benchmark: str
+    seed: int
+    out: str
+    action: str = "pending"  # "skipped" (already complete), "ran"
+    status: str = "pending"  # "complete" or "failed"
+    slot: str | None = None
+    returncode: int | None = None
+    wall_s: float | None = None
+    error: str | None = None
+    metrics: dict[str, float] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.method} {self.benchmark} seed{self.seed}"
+
+
+@dataclass
+class Slot:
+    """Where a run executes: one GPU (``CUDA_VISIBLE_DEVICES``) or one CPU process."""
+
+    name: str
+    env: dict[str, str] = field(default_factory=dict)
+    device: str = "cpu"
+
+
+def parse_list(s: str | Sequence[str] | None) -> list[str]:
+    """``"a,b, c"`` -> ``["a", "b", "c"]`` (lists pass through)."""
+    if s is None:
+        return []
+    if isinstance(s, str):
+        return [x.strip() for x in s.split(",") if x.strip()]
+    return [str(x) for x in s]
+
+
+def make_slots(gpus: Sequence[int] | str | None = None, workers: int | None = None) -> list[Slot]:
+    """GPU slots for ``gpus`` (indices among the visible GPUs; ``None`` with no ``workers``: all of
+    them), else ``workers`` CPU slots (default 1 when no GPU is visible)."""
+    if gpus is not None and not isinstance(gpus, str):
+        gpus = ",".join(str(g) for g in gpus)
+    if gpus is None and not workers:
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        gpus = ",".join(str(i) for i in range(n)) if n else None
+    if gpus:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        phys = parse_list(visible) if visible else None
+        slots = []
+        for g in parse_list(gpus):
+            i = int(g)
+            if phys is not None and not 0 <= i < len(phys):
+                raise ValueError(f"--gpus {gpus}: index {i} is not among the {len(phys)} visible GPUs ({visible})")
+            slots.append(Slot(f"gpu{i}", {"CUDA_VISIBLE_DEVICES": phys[i] if phys is not None else str(i)}, "cuda"))
+        return slots
+    n = max(1, int(workers or 1))
+    threads = str(max(1, (os.cpu_count() or 1) // n))
+    return [Slot(f"cpu{i}", {"OMP_NUM_THREADS": threads} if "OMP_NUM_THREADS" not in os.environ else {}, "cpu")
+            for i in range(n)]
+
+
+def plan(methods: Sequence[str], benchmarks: Sequence[str], seeds: Sequence[int], out: str | Path) -> list[GridRun]:
+    """The runs of the grid, benchmark-major (all methods and seeds of a benchmark together)."""
+    out = Path(out).resolve()
+    return [GridRun(m, b, int(s), str(out / b / m / f"seed{s}")) for b in benchmarks for m in methods for s in seeds]
+
+
+def _read_results(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_finished(run: GridRun, profile: str, backbone: str | None, options: dict[str, Any]) -> bool:
+    """``results.json`` is complete and was made with these very settings.
+
+    A complete result made with other settings is not skipped: the child then meets the
+    checkpoint of the other run and refuses it (reported as a failure naming the folder).
+    """
+    res = _read_results(Path(run.out) / "results.json")
+    if not res or res.get("status") != "complete":
+        return False
+    r = res.get("run", {})
+    want_opts = json.loads(json.dumps(options, default=str))
+    return (r.get("method") == run.method and r.get("benchmark") == run.benchmark and r.get("seed") == run.seed
+            and res.get("profile") == profile and r.get("backbone") == backbone
+            and (r.get("method_options") or {}) == want_opts)
+
+
+def child_command(run: GridRun, slot: Slot, profile: str, backbone: str | None, opts: Sequence[str]) -> list[str]:
+    """The ``cl-peft run`` command line of one run."""
+    cmd = [sys.executable, "-m", "cl_peft_lib", "run", "--method", run.method, "--benchmark", run.benchmark,
+           "--seed", str(run.seed), "--profile", profile, "--device", slot.device, "--out", run.out, "--quiet"]
+    if backbone:
+        cmd += ["--backbone", backbone]
+    for o in opts:
+        cmd += ["--opt", o]
+    return cmd
+
+
+def child_env(slot: Slot) -> dict[str, str]:
+    """The parent's environment, minus torchrun's variables, plus the slot's and NVLink multicast off."""
+    env = {k: v for k, v in os.environ.items() if k not in _TORCHRUN_VARS}
+    env.update(slot.env)
+    env["NCCL_NVLS_ENABLE"] = "0"  # the GPU machines' notes: NVLink multicast stays off
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _tail(path: Path, lines: int = 6) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def summarize_grid(runs: Sequence[GridRun]) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{benchmark: {method: {metric: {"mean", "std", "n"}, "seeds": [...]}}}`` over complete runs.
+
+    ``std`` is the sample standard deviation over seeds (0 with one seed).
+    """
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for b in dict.fromkeys(r.benchmark for r in runs):
+        for m in dict.fromkeys(r.method for r in runs):
+            done = [r for r in runs if r.benchmark == b and r.method == m and r.status == "complete" and r.metrics]
+            cell: dict[str, Any] = {"seeds": [r.seed for r in done], "n": len(done)}
+            for k in SUMMARY_METRICS:
+                vals = [float(r.metrics[k]) for r in done if r.metrics.get(k) is not None]
+                cell[k] = ({"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                            "n": len(vals)} if vals else None)
+            out.setdefault(b, {})[m] = cell
+    return out
+
+
+def format_summary(summary: dict[str, dict[str, dict[str, Any]]], metric: str = "average_accuracy") -> str:
+    """A plain-text table: rows methods, columns benchmarks, cells ``mean ± std (n)``."""
+    benches = list(summary)
+    methods = list(dict.fromkeys(m for b in benches for m in summary[b]))
+    w = max([len(b) for b in benches] + [18]) + 2
+    lines = [f"{metric} (%), mean ± std over seeds", "method".ljust(16) + "".join(b.rjust(w) for b in benches)]
+    for m in methods:
+        cells = []
+        for b in benches:
+            c = summary[b].get(m, {}).get(metric)
+            cells.append(f"{c['mean']:.2f} ± {c['std']:.2f} ({c['n']})" if c else "-")
+        lines.append(m.ljust(16) + "".join(x.rjust(w) for x in cells))
+    return "\n".join(lines)
+
+
+def run_grid(methods: Sequence[str] | str, benchmarks: Sequence[str] | str, seeds: Sequence[int] | str = (0,),
+             profile: str | None = None, out: str | Path = "runs/grid", gpus: Sequence[int] | str | None = None,
+             workers: int | None = None, backbone: str | None = None, opts: Sequence[str] = (),
+             log: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Run (or skip) every method x benchmark x seed; write and return ``<out>/grid.json``.
+
+    Args:
+        methods, benchmarks: names (lists or comma-separated strings); checked before anything runs.
+        seeds: seeds (ints or ``"0,1,2"``).
+        profile: ``smoke``, ``offline`` or ``paper`` (default ``$CL_PEFT_PROFILE`` or ``offline``).
+        out: grid folder.
+        gpus: GPU indices among the visible ones; default all visible GPUs unless ``workers`` is given.
+        workers: parallel CPU processes (used when no GPU is selected).
+        backbone: override of the profile's backbone, for every run.
+        opts: ``KEY=VALUE`` method options passed to every run (``cl-peft run --opt``).
+        log: where progress lines go (None: silent).
+
+    Returns:
+        The ``grid.json`` dict: ``config``, ``runs`` (one entry per run with ``action``,
+        ``status``, ``metrics``, ``error``), ``counts`` and ``summary``.
+    """
+    from .backbones import BACKBONES
+    from .cli import _parse_opt
+    from .data.scenarios import BENCHMARKS
+    from .methods import METHODS
+    from .profiles import get_profile
+
+    methods, benchmarks = parse_list(methods), parse_list(benchmarks)
+    seed_list = [int(s) for s in parse_list(seeds)] if isinstance(seeds, str) else [int(s) for s in seeds]
+    for kind, names, valid in (("method", methods, METHODS), ("benchmark", benchmarks, BENCHMARKS)):
+        if not names:
+            raise ValueError(f"no {kind}s given")
+        bad = [n for n in names if n not in valid]
+        if bad:
+            raise KeyError(f"unknown {kind}(s) {bad}; valid: {', '.join(sorted(valid))}")
+    if backbone is not None and backbone not in BACKBONES:
+        raise KeyError(f"unknown backbone '{backbone}'; valid: {', '.join(sorted(BACKBONES))}")
+    if not seed_list:
+        raise ValueError("no seeds given")
+    profile = get_profile(profile).name
+    options = dict(_parse_opt(o) for o in opts)
+    slots = make_slots(gpus, workers)
+    runs = plan(methods, benchmarks, seed_list, out)
+    say = log or (lambda s: None)
+    lock = threading.Lock()
+    t_grid = time.perf_counter()
+
+    todo = []
+    for r in runs:
+        if is_finished(r, profile, backbone, options):
+            r.action, r.status = "skipped", "complete"
+            r.metrics = (_read_results(Path(r.out) / "results.json") or {}).get("metrics")
+        else:
+            todo.append(r)
+    say(f"grid: {len(runs)} runs, {len(runs) - len(todo)} already complete (skipped), {len(todo)} to run "
+        f"on {', '.join(s.name for s in slots)}")
+
+    free: queue.Queue[Slot] = queue.Queue()
+    for s in slots:
+        free.put(s)
+    procs: set[subprocess.Popen] = set()
+    done = [0]
+
+    def execute(r: GridRun) -> None:
+        slot = free.get()
+        try:
+            r.slot, r.action = slot.name, "ran"
+            Path(r.out).mkdir(parents=True, exist_ok=True)
+            logf = Path(r.out) / "log.txt"
+            t0 = time.perf_counter()
+            with open(logf, "w") as f:
+                p = subprocess.Popen(child_command(r, slot, profile, backbone, opts), stdout=f,
+                                     stderr=subprocess.STDOUT, env=child_env(slot))
+                with lock:
+                    procs.add(p)
+                r.returncode = p.wait()
+                with lock:
+                    procs.discard(p)
+            r.wall_s = round(time.perf_counter() - t0, 2)
+            res = _read_results(Path(r.out) / "results.json")
+            if r.returncode == 0 and res and res.get("status") == "complete":
+                r.status, r.metrics = "complete", res.get("metrics")
+            else:
+                r.status = "failed"
+                r.error = (res or {}).get("error") or _tail(logf) or f"exit code {r.returncode}"
+        except Exception as e:  # noqa: BLE001 - a run that cannot even start is one failed run
+            r.status, r.error = "failed", f"{type(e).__name__}: {e}"
+        finally:
+            free.put(slot)
+        with lock:
+            done[0] += 1
+            last = (r.error or "").strip().splitlines()[-1:] or [""]
+            msg = (f"avg acc {r.metrics['average_accuracy']:.2f}" if r.status == "complete" and r.metrics
+                   else f"FAILED (exit {r.returncode}): {last[0]}")
+            say(f"[{done[0]}/{len(todo)}] {r.name} on {r.slot}: {msg} ({r.wall_s} s) -> {r.out}")
+
+    try:
+        with ThreadPoolExecutor(max_workers=len(slots)) as ex:
+            for f in [ex.submit(execute, r) for r in todo]:
+                f.result()
+    except KeyboardInterrupt:
+        with lock:
+            for p in procs:
+                p.terminate()
+        raise
+
+    summary = summarize_grid(runs)
+    counts = {"total": len(runs), "ran": sum(r.action == "ran" for r in runs),
+              "skipped": sum(r.action == "skipped" for r in runs),
+              "complete": sum(r.status == "complete" for r in runs), "failed": sum(r.status == "failed" for r in runs)}
+    grid = {
+        "config": {"methods": methods, "benchmarks": benchmarks, "seeds": seed_list, "profile": profile,
+                   "backbone": backbone, "opts": list(opts), "slots": [s.name for s in slots]},
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "wall_s": round(time.perf_counter() - t_grid, 2),
+        "counts": counts,
+        "runs": [vars(r).copy() for r in runs],
+        "summary": summary,
+    }
+    path = Path(out) / "grid.json"
+    atomic_write_json(path, grid)
+    say(format_summary(summary))
+    say(f"ran {counts['ran']}, skipped {counts['skipped']}, failed {counts['failed']} of {counts['total']}; "
+        f"summary: {path}")
+    for r in runs:
+        if r.status == "failed":
+            say(f"failed: {r.name} ({r.out}/log.txt): {r.error}")
+    return grid

@@ -1,0 +1,137 @@
+"""The benchmark suite (benchmarks/bench.py) runs, writes its JSON schema, and measures what it says."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("cl_peft_bench", ROOT / "benchmarks" / "bench.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # (dataclasses look their module up there)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture
+def one_thread():
+    """One thread: the micro model is too small to gain from two, and a loaded CI CPU punishes spinning threads."""
+    n = torch.get_num_threads()
+    yield 1
+    torch.set_num_threads(n)
+
+
+def _settings(bench, methods, threads):
+    s = bench.preset("cpu")
+    s.backbone, s.methods, s.batch_sizes = "test_vit_micro", methods, [8]
+    s.warmup, s.steps, s.repeats, s.threads = 1, 2, 1, threads
+    s.fused_methods, s.ceiling_n, s.ceiling_iters = [], 128, 2
+    return s
+
+
+def test_bench_cpu_schema(bench, one_thread, tmp_path):
+    out = tmp_path / "bench.json"
+    res = bench.run_benchmark(_settings(bench, ["finetune", "linear_probe"], one_thread), str(out), log=lambda _: None)
+    on_disk = json.loads(out.read_text())
+    assert on_disk["schema"] == bench.SCHEMA and on_disk["status"] == "complete"
+    assert on_disk["configs"] == json.loads(json.dumps(res["configs"]))
+    for k in ("torch", "timm", "peft", "date", "device", "backbone"):
+        assert on_disk["provenance"][k]
+    assert on_disk["ceiling"]["tflops"] > 0
+    assert on_disk["reference_flops"]["ok"], on_disk["reference_flops"]
+
+    cfgs = {c["name"]: c for c in on_disk["configs"]}
+    assert set(cfgs) == {"finetune", "linear_probe", "ref_full_ft", "ref_peft_lora"}
+    for c in cfgs.values():
+        assert c["status"] == "ok", c.get("error")
+        assert c["batch_size"] == 8 and c["compile"] is False
+        assert c["train_img_s"] > 0 and c["train_step_ms"] > 0
+        assert c["infer_img_s"]["no_grad"] > 0 and c["infer_img_s"]["inference_mode"] > 0
+        assert c["flops_train_step"] > 0 and 0 < c["mfu"]
+        assert c["train_ratio_ref_full_ft"] > 0 and c["train_ratio_ref_peft_lora"] > 0
+    assert cfgs["ref_peft_lora"]["infer_img_s"]["merged_inference_mode"] > 0
+
+    # trainable parameters: what the method itself reports when built through the public API as the loop does
+    from cl_peft_lib.backbones import create_backbone
+    from cl_peft_lib.methods import get_method_class
+
+    C, T = bench.SHAPES["cpu"]["class"]
+    for name in ("finetune", "linear_probe"):
+        cls = get_method_class(name)
+        m = cls(create_backbone("test_vit_micro"), "class", C, T, cls.config_cls(batch_size=8))
+        m.begin_task(0, list(range(C // T)))
+        assert cfgs[name]["trainable_params"] == m.num_trainable() == cfgs[name]["optimizer_params"]
+    vit = create_backbone("test_vit_micro")
+    assert cfgs["ref_full_ft"]["trainable_params"] == sum(p.numel() for p in vit.parameters()) + vit.num_features * C + C
+    # frozen backbone: no weight gradients, so fewer FLOPs per step than full fine-tuning
+    assert cfgs["linear_probe"]["flops_train_step"] < cfgs["finetune"]["flops_train_step"]
+
+    names = [t["name"] for t in on_disk["targets"]]
+    assert "finetune_train_img_s_bs8" in names and "lora_train_img_s_bs8" in names
+    for t in on_disk["targets"]:
+        assert set(t) >= {"name", "value", "threshold", "pass", "note"}
+        assert t["pass"] is None  # the targets are the H200's, not checked in cpu mode
+    assert "finetune" in bench.format_table(on_disk)
+
+
+def test_bench_skips_unregistered_and_records_errors(bench, one_thread):
+    s = _settings(bench, ["linear_probe", "no_such_method"], one_thread)
+    s.references = False
+    res = bench.run_benchmark(s, None, log=lambda _: None)
+    assert res["skipped"] == [{"method": "no_such_method", "reason": res["skipped"][0]["reason"]}]
+    assert [c["name"] for c in res["configs"]] == ["linear_probe"]
+    assert res["configs"][0]["train_ratio_ref_full_ft"] is None  # no reference measured
+
+
+def test_bench_e2e_in_memory(bench, one_thread):
+    s = _settings(bench, [], one_thread)
+    s.skip_micro, s.e2e = True, ["linear_probe"]
+    s.e2e_epochs, s.e2e_tasks, s.e2e_train, s.e2e_test, s.e2e_batch, s.e2e_img = 1, 2, 40, 20, 16, 8
+    s.e2e_classes = 4
+    res = bench.run_benchmark(s, None, log=lambda _: None)
+    (e,) = res["e2e"]
+    assert e["status"] == "complete", e.get("error")
+    assert e["wall_s"] > 0 and 0 <= e["loader_wait_s"] < e["wall_s"] and e["batches"] > 0
+    assert any(t["name"] == "e2e_linear_probe_wall_s" for t in res["targets"])
+    # the loop's batch iterator is restored after the instrumented run
+    from cl_peft_lib import loop
+
+    assert not hasattr(loop.Runner.model_batches, "__wrapped__")
+
+
+def test_targets_logic_gpu_mode(bench):
+    """The target checks on hand-made GPU-mode configs (the GPU run must get them right the first time)."""
+    def cfg(name, train, mfu=None, infer=None, **kw):
+        return {"name": name, "batch_size": 256, "compile": kw.pop("compile", False),
+                "fused_optimizer": kw.pop("fused", False), "status": "ok", "train_img_s": train, "mfu": mfu,
+                "infer_img_s": infer or {}, **kw}
+
+    cfgs = [cfg("ref_full_ft", 2736, 0.3, {"inference_mode": 8000.0}), cfg("ref_peft_lora", 3220, 0.3),
+            cfg("finetune", 3000, 0.4), cfg("finetune", 3800, 0.5, fused=True),
+            cfg("lora", 5100, 0.50, {"inference_mode": 7500.0, "merged_inference_mode": 7900.0}),
+            cfg("l2p", 3000, 0.46), cfg("l2l", 3000, 0.40),
+            cfg("slora", 4000, 0.5, {"merged_inference_mode": 4000.0, "adapted_pass_merged_inference_mode": 7800.0})]
+    e2e = [{"method": "l2p", "status": "complete", "wall_s": 170.0, "tasks": 10, "epochs": 5, "batch_size": 128}]
+    t = {x["name"]: x for x in bench.compute_targets(cfgs, 256, e2e, "gpu")}
+    assert t["finetune_train_img_s_bs256"]["pass"] is False and t["finetune_train_img_s_bs256"]["pass_any"] is True
+    assert t["lora_train_img_s_bs256"]["pass"] is True
+    assert t["l2p_mfu_vs_lora_bs256"]["pass"] is True and t["l2p_mfu_vs_lora_bs256"]["value"] == pytest.approx(0.92)
+    assert t["l2l_mfu_vs_lora_bs256"]["pass"] is False
+    assert t["sprompts_mfu_vs_lora_bs256"]["pass"] is None  # not measured
+    assert t["lora_merged_infer_vs_plain_vit_bs256"]["pass"] is True
+    s = t["slora_merged_infer_vs_plain_vit_bs256"]
+    assert s["pass"] is False and s["adapted_pass_merged_ratio"] == pytest.approx(0.975)
+    assert t["e2e_l2p_wall_s"]["pass"] is True and t["e2e_l2p_wall_s"]["op"] == "<="
+    cpu = bench.compute_targets(cfgs, 256, e2e, "cpu")
+    assert all(x["pass"] is None and x["applies"] is False for x in cpu)
+    res = {"mode": "gpu", "schema": bench.SCHEMA, "configs": cfgs, "targets": list(t.values()), "e2e": e2e,
+           "provenance": {"gpu": "H200", "torch": "2.11", "timm": "1.0.29", "peft": "0.21.0", "date": "today"},
+           "ceiling": {"dtype": "bfloat16", "n": 8192, "tflops": 790.0}}
+    assert "FAIL finetune_train_img_s_bs256" in bench.format_table(res)
+    assert "| `lora` | 256 | 5,100 |" in bench.format_markdown(res)
