@@ -107,7 +107,8 @@ def create_backbone(name: str, pretrained: bool | None = None) -> nn.Module:
             raise FileNotFoundError(
                 f"weights of backbone '{name}' not found at {path}. They ship with the repository; "
                 f"regenerate them with `python scripts/distill_offline_vit.py` (see cl_peft_lib/weights/MODEL_CARD.md).")
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(path), num_classes=0)
+        # custom_load=False: the file is a plain state dict (safetensors), not a JAX .npz (timm < 1.0.31 guessed npz)
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(path), num_classes=0, custom_load=False)
     model = timm.create_model(spec.timm_name, pretrained=bool(load), **kwargs)
     cfg = model.pretrained_cfg
     model.cl_tag = spec.tag if load else f"random:{name}"

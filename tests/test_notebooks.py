@@ -1,0 +1,58 @@
+"""Static checks of the committed chapter notebooks (nbval executes them separately, under smoke)."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+TOC = (ROOT / "_toc.yml").read_text()
+
+
+def _cells(nb):
+    return [("".join(c["source"]), c) for c in nb["cells"]]
+
+
+def test_every_chapter_is_in_the_toc():
+    assert NOTEBOOKS, "no notebooks"
+    for p in NOTEBOOKS:
+        assert f"notebooks/{p.stem}" in TOC, f"{p.name} is not in _toc.yml"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_chapter_structure(path):
+    nb = json.loads(path.read_text())
+    cells = _cells(nb)
+    params = [s for s, c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(params) == 1, "exactly one cell tagged 'parameters'"
+    assert 'os.environ.get("CL_PEFT_PROFILE", "offline")' in params[0], "the parameters cell defaults to offline"
+    url = re.search(r"^repository:\s*\n\s+url:\s*(\S+)", (ROOT / "_config.yml").read_text(), re.M).group(1)
+    setup = [s for s, c in cells if "REPO_URL =" in s]
+    assert setup and f'REPO_URL = "{url}"' in setup[0], "the set-up cell must install from _config.yml's repository url"
+    assert any("provenance_line(" in s for s, _ in cells), "a provenance line is printed"
+    assert any("stack_explorer(" in s or "nested_explorer(" in s for s, _ in cells), "at least one explorer"
+    assert any(re.search(r"^\s*assert ", s, re.M) for s, c in cells if c["cell_type"] == "code"), \
+        "assertion cells that can fail"
+
+
+#: Chapters whose committed outputs come from the H200 (offline profile). The others still carry
+#: outputs of a smoke-profile CPU run; executing them on the GPU (make execute PROFILE=offline
+#: DEVICE=cuda) and adding them here is open work.
+GPU_EXECUTED = {"01_continual_learning", "07_efficiency"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_outputs_are_clean(path):
+    """The book shows these outputs: no errors, a provenance line, widget state stored; GPU chapters from the H200."""
+    nb = json.loads(path.read_text())
+    outs = [o for _, c in _cells(nb) if c["cell_type"] == "code" for o in c.get("outputs", [])]
+    assert outs, f"{path.name} has no outputs: execute it (make execute PROFILE=offline DEVICE=cuda)"
+    assert not [o for o in outs if o.get("output_type") == "error"], f"{path.name} has an error output"
+    text = "".join("".join(o.get("text", "")) for o in outs if o.get("output_type") == "stream")
+    assert re.search(r"device=.*\| profile=(offline|smoke|paper)", text), f"{path.name} has no provenance line"
+    if path.stem in GPU_EXECUTED:
+        assert "profile=offline" in text, f"{path.name} was not executed with the offline profile"
+        assert "device=NVIDIA" in text, f"{path.name} was not executed on a GPU"
+    assert "application/vnd.jupyter.widget-state+json" in nb.get("metadata", {}).get("widgets", {}), \
+        f"{path.name} has no stored widget state (execute with store_widget_state=True)"
