@@ -21,3 +21,31 @@
     });
   }
 })();
+
+// @jupyter-widgets/controls 1.x typesets widget labels with the MathJax 2 API
+// (MathJax.Hub.Queue), but the book loads MathJax 3, which has no Hub ("Cannot read
+// properties of undefined (reading 'Queue')"). Sphinx has already put MathJax 3's
+// configuration in window.MathJax; MathJax (deferred) has not run yet. Add a minimal Hub
+// that typesets with MathJax 3, installed from MathJax's own startup hook.
+(function () {
+  var hub = {
+    Queue: function (job) {
+      var el = job && job[2];
+      if (el && window.MathJax && window.MathJax.typesetPromise) {
+        window.MathJax.typesetPromise([el]).catch(function () {});
+      }
+    }
+  };
+  var cfg = window.MathJax || {};
+  if (cfg.version) {            // MathJax 3 already running
+    if (!cfg.Hub) { cfg.Hub = hub; }
+    return;
+  }
+  cfg.startup = cfg.startup || {};
+  var ready = cfg.startup.ready;
+  cfg.startup.ready = function () {
+    if (ready) { ready(); } else { window.MathJax.startup.defaultReady(); }
+    window.MathJax.Hub = hub;
+  };
+  window.MathJax = cfg;
+})();
