@@ -361,7 +361,8 @@ def _dynamo_stats() -> dict:
 
 
 def loop_train_step(m, x, y, opt, sched, scaler, params, cfg, device) -> dict:
-    """One training step, line for line the body of ``cl_peft_lib.loop.Runner.train_task``.
+    """One training step as ``cl_peft_lib.loop.Runner.train_task`` does it (its update is
+    :func:`cl_peft_lib.loop.optimizer_step` itself).
 
     Includes the loop's host synchronisations (``torch.isfinite(loss)`` in an ``if``, ``float(loss)``).
     """
@@ -369,15 +370,7 @@ def loop_train_step(m, x, y, opt, sched, scaler, params, cfg, device) -> dict:
         loss, logs = m.observe(x, y)
     if not torch.isfinite(loss):
         raise _loop.NonFiniteLossError(f"loss became {loss.item()} in the benchmark step")
-    opt.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if cfg.grad_clip:
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-    scaler.step(opt)
-    scaler.update()
-    if sched is not None:
-        sched.step()
+    loss = _loop.optimizer_step(opt, scaler, loss, params, cfg.grad_clip, sched)
     return {"loss": float(loss.detach()), **logs}
 
 

@@ -90,6 +90,9 @@ def create_backbone(name: str, pretrained: bool | None = None) -> nn.Module:
         name: a key of :data:`BACKBONES`.
         pretrained: override the spec's ``pretrained`` (False gives random weights).
 
+    A randomly initialised backbone (``pretrained=False``) is always the same draw (seed 0),
+    so runs, ranks and tests that build one agree bit for bit.
+
     Returns:
         The model in eval mode, with attributes ``cl_tag`` (provenance tag),
         ``cl_mean``/``cl_std`` (input normalisation) and ``cl_img_size``.
@@ -109,7 +112,12 @@ def create_backbone(name: str, pretrained: bool | None = None) -> nn.Module:
                 f"regenerate them with `python scripts/distill_offline_vit.py` (see cl_peft_lib/weights/MODEL_CARD.md).")
         # custom_load=False: the file is a plain state dict (safetensors), not a JAX .npz (timm < 1.0.31 guessed npz)
         kwargs["pretrained_cfg_overlay"] = dict(file=str(path), num_classes=0, custom_load=False)
-    model = timm.create_model(spec.timm_name, pretrained=bool(load), **kwargs)
+    if load:
+        model = timm.create_model(spec.timm_name, pretrained=True, **kwargs)
+    else:  # a random backbone is one fixed draw (seed 0), whatever the caller's RNG state
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
     cfg = model.pretrained_cfg
     model.cl_tag = spec.tag if load else f"random:{name}"
     model.cl_mean = tuple(spec.mean or cfg.get("mean", (0.5, 0.5, 0.5)))

@@ -133,6 +133,28 @@ def build_optimizer(cfg: MethodConfig, groups: list[dict], total_steps: int):
     return opt, sched
 
 
+def optimizer_step(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: torch.Tensor,
+                   params: list[torch.nn.Parameter], grad_clip: float | None, sched=None,
+                   reduce_grads: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """The loop's update: backward (scaled for fp16), optional gradient reduction (DDP),
+    clipping, optimizer and scheduler step. Returns the (reduced) loss.
+
+    The benchmark suite times exactly this function.
+    """
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if reduce_grads is not None:
+        loss = reduce_grads(loss)
+    if grad_clip:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    scaler.step(opt)
+    scaler.update()
+    if sched is not None:
+        sched.step()
+    return loss
+
+
 class Runner:
     """Holds what one run needs: scenario, method, device and preprocessing.
 
@@ -216,22 +238,16 @@ class Runner:
                         raise NonFiniteLossError(
                             f"loss became {loss.item()} at task {t}, epoch {epoch}, step {step}; "
                             f"lower the learning rate (e.g. --opt lr={cfg.lr / 10:g}) or check the data")
-                    opt.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if world > 1:  # all ranks see the same averaged loss, so all raise together
+                    def reduce(loss: torch.Tensor) -> torch.Tensor:  # all ranks see one averaged loss: all raise together
                         loss = D.average_gradients(params, loss)
                         if not torch.isfinite(loss):
                             raise NonFiniteLossError(
                                 f"loss became {loss.item()} at task {t}, epoch {epoch}, step {step} (mean over "
                                 f"{world} ranks); lower the learning rate (e.g. --opt lr={cfg.lr / 10:g}) "
                                 f"or check the data")
-                    if cfg.grad_clip:
-                        scaler.unscale_(opt)
-                        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                    scaler.step(opt)
-                    scaler.update()
-                    if sched is not None:
-                        sched.step()
+                        return loss
+
+                    loss = optimizer_step(opt, scaler, loss, params, cfg.grad_clip, sched, reduce if world > 1 else None)
                     last = {"loss": float(loss.detach()), **logs}
                     bar.update(1)
                     bar.set_postfix(loss=f"{last['loss']:.3f}")
