@@ -76,13 +76,16 @@ class RunConfig:
 
 
 def method_config(method: str, profile: Profile, options: dict[str, Any] | None = None) -> MethodConfig:
-    """The method's config: its defaults, then the profile's epochs/batch size, then ``options``."""
+    """The method's config: its defaults, then the profile's epochs/batch size/lr scaling, then ``options``."""
     cls = get_method_class(method).config_cls
     d: dict[str, Any] = {}
     if profile.epochs is not None and cls().epochs > 0:
         d["epochs"] = profile.epochs
     if profile.batch_size is not None:
         d["batch_size"] = profile.batch_size
+    ref = cls().lr_ref_batch
+    if profile.lr_batch and ref:  # lr * batch / ref' == lr * lr_batch / ref
+        d["lr_ref_batch"] = ref * d.get("batch_size", cls().batch_size) / profile.lr_batch
     d.update(options or {})
     return cls.from_dict(d)
 

@@ -7,7 +7,7 @@ import torch
 from cl_peft_lib.backbones import create_backbone, state_fingerprint
 from cl_peft_lib.cli import main as cli_main
 from cl_peft_lib.data.scenarios import build_benchmark
-from cl_peft_lib.loop import CheckpointError, NonFiniteLossError, RunConfig, run_continual
+from cl_peft_lib.loop import CheckpointError, NonFiniteLossError, RunConfig, method_config, run_continual
 from cl_peft_lib.profiles import get_profile
 
 BB = "test_vit_micro"
@@ -124,3 +124,22 @@ def test_cli_run_prints_matrix(capsys, tmp_path):
     out = capsys.readouterr().out
     assert rc == 0 and "accuracy matrix" in out and "mnist-rot90" in out and "forgetting" in out
     assert json.loads((tmp_path / "results.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.parametrize("method", ["l2p", "l2l", "lora", "linear_probe", "sprompts", "finetune"])
+def test_smoke_profile_trains_with_the_offline_learning_rates(method):
+    """smoke shrinks batch and data, not the learning rates: lr_batch=128 makes the effective lr of
+    batch-scaled methods equal the offline profile's (batch 128); methods without scaling keep theirs."""
+    smoke, offline = method_config(method, get_profile("smoke")), method_config(method, get_profile("offline"))
+    assert smoke.batch_size == 16 and offline.batch_size == 128
+    assert smoke.effective_lr == pytest.approx(offline.effective_lr)
+    # an explicit option still wins over the profile
+    assert method_config(method, get_profile("smoke"), {"lr_ref_batch": None}).effective_lr == smoke.lr
+
+
+def test_l2l_default_lr_is_below_l2ps():
+    """L2L keeps L2P's recipe except the learning rate (at L2P's rate the summed LoRA updates diverge, ch. 6)."""
+    l2p, l2l = method_config("l2p", get_profile("offline")), method_config("l2l", get_profile("offline"))
+    assert (l2l.pool_size, l2l.top_n, l2l.surrogate_weight, l2l.epochs, l2l.optimizer) == \
+        (l2p.pool_size, l2p.top_n, l2p.surrogate_weight, l2p.epochs, l2p.optimizer)
+    assert l2l.effective_lr == pytest.approx(l2p.effective_lr / 10)

@@ -195,8 +195,9 @@ def _scenario(kind: str):
     return domain_incremental("toy-dil", [("plain", tr, te), ("inverted", inv(tr), inv(te))], names)
 
 
-OPTIONS = {"lora": {"epochs": 4, "batch_size": 8, "lr": 0.3},
-           "l2l": {"epochs": 4, "batch_size": 8, "lr": 0.3},
+# lr_ref_batch given explicitly (effective lr 0.3 * 8 / 256), independent of the profile's lr_batch
+OPTIONS = {"lora": {"epochs": 4, "batch_size": 8, "lr": 0.3, "lr_ref_batch": 256},
+           "l2l": {"epochs": 4, "batch_size": 8, "lr": 0.3, "lr_ref_batch": 256},
            "slora": {"epochs": 4, "batch_size": 8, "lr": 0.2, "merged_inference": True}}
 
 

@@ -45,7 +45,7 @@ class MethodConfig:
     batch_size: int = 16
     optimizer: str = "adam"
     lr: float = 1e-3
-    lr_ref_batch: int | None = None
+    lr_ref_batch: float | None = None
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: str = "constant"
