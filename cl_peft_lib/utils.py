@@ -50,10 +50,17 @@ def autocast(device: torch.device):
 
 
 def _git_commit() -> str | None:
+    """Short commit of the library's checkout, ``+dirty`` when its tracked files (``cl_peft_lib/``) differ from it."""
+    here = Path(__file__).parent
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)
-        return out.stdout.strip() or None
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here)
+        commit = out.stdout.strip() or None
+        if commit:
+            diff = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+                                  capture_output=True, text=True, timeout=5, cwd=here)
+            if diff.returncode == 0 and diff.stdout.strip():
+                commit += "+dirty"
+        return commit
     except Exception:
         return None
 
