@@ -6,8 +6,8 @@ On GPUs each slot runs one run at a time (``CUDA_VISIBLE_DEVICES`` set to its GP
 listed k times (``--gpus 0,0,0,0``) gets k slots, which pays for small models: on one H200 four
 slots (4 CPU threads each) ran chapter 5's 18 offline-dil runs in 184 s of wall time for 671 s
 of summed run time (3.65x). On a CPU machine ``workers`` runs go in parallel. A run whose
-``results.json`` says ``complete`` for the same settings is skipped, so re-running the grid only does what is missing (an interrupted run
-resumes from its checkpoint). A failed run is reported and the others go on. At the end,
+``results.json`` says ``complete`` for the same settings is skipped, so re-running the grid
+only does what is missing (an interrupted run resumes from its checkpoint). A failed run is reported and the others go on. At the end,
 ``<out>/grid.json`` holds every run and, per benchmark and method, mean and standard deviation
 over seeds of the final metrics.
 
