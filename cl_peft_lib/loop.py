@@ -344,6 +344,7 @@ class Runner:
             for k in ("accuracy_matrix", "task_id_accuracy", "wall_time_s", "train_logs"):
                 result[k] = ck["results"][k]
             result["resumed_from_task"] = ck["task"]
+            result["trainable_params"] = m.num_trainable()  # modules created by begin_task (e.g. S-X's per domain)
         results_path = r.out / "results.json" if r.out and D.is_main() else None  # rank 0 writes
         try:
             for t in range(start, s.num_tasks):

@@ -312,3 +312,19 @@ def test_smoke_run_learns_above_chance(name, opts, toy_scenario):
     assert res["trainable_params"] == METHODS[name].expected_trainable_params(cfg, 48, 8, 2)
     counts = res["extra"]["selection_counts_last_eval"]
     assert len(counts) == cfg.pool_size and sum(counts) > 0
+
+
+def test_rerunning_a_finished_run_reports_the_same_results(toy_scenario, tmp_path):
+    """A complete run re-run with the same out_dir resumes past its last task: same matrix, metrics and
+    trainable-parameter count (S-Prompts creates its per-domain modules in begin_task)."""
+    sc = toy_scenario("domain", num_tasks=2, classes=4, per_class=8)
+
+    def go():
+        cfg = RunConfig("sprompts", sc.name, "smoke", device="cpu", backbone=BB, progress=False,
+                        out_dir=str(tmp_path), method_options={"epochs": 1})
+        return run_continual(cfg, scenario=sc, backbone=backbone(0))
+
+    first, again = go(), go()
+    assert again["resumed_from_task"] == 1
+    assert first["trainable_params"] == again["trainable_params"] > 0
+    assert (again["accuracy_matrix"], again["metrics"]) == (first["accuracy_matrix"], first["metrics"])
