@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,6 +89,24 @@ def method_config(method: str, profile: Profile, options: dict[str, Any] | None 
         d["lr_ref_batch"] = ref * d.get("batch_size", cls().batch_size) / profile.lr_batch
     d.update(options or {})
     return cls.from_dict(d)
+
+
+def run_dir(profile: str, benchmark: str, method: str, seed: int, options: dict[str, Any] | None = None,
+            root: str | Path = "runs", tag: str | None = None) -> Path:
+    """Where the book keeps a run: ``<root>/<profile>/<benchmark>/<name>/seed<seed>``.
+
+    This is the grid runner's layout (``cl-peft grid --out <root>/<profile>``), so a chapter
+    reuses any run that another chapter or the grid finished with the same settings (the loop
+    resumes past its last task; the grid skips it). ``name`` is ``tag``, else the method name,
+    suffixed by the options when there are any, so that a run with other options never meets
+    the default run's checkpoint.
+
+    Chapters: all of them (``runs/`` is git-ignored).
+    """
+    name = tag or method
+    if options and not tag:
+        name += "-" + "-".join(re.sub(r"[^A-Za-z0-9_.=+-]", "", f"{k}={v}") for k, v in sorted(options.items()))
+    return Path(root) / profile / benchmark / name / f"seed{seed}"
 
 
 def batches(ds: Dataset, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
