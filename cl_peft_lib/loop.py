@@ -158,8 +158,9 @@ def build_optimizer(cfg: MethodConfig, groups: list[dict], total_steps: int):
 def optimizer_step(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: torch.Tensor,
                    params: list[torch.nn.Parameter], grad_clip: float | None, sched=None,
                    reduce_grads: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-    """The loop's update: backward (scaled for fp16), optional gradient reduction (DDP),
-    clipping, optimizer and scheduler step. Returns the (reduced) loss.
+    """The loop's update: backward (scaled for fp16), ``reduce_grads`` (the loop's: average over
+    ranks, stop on a non-finite loss), clipping, optimizer and scheduler step. Returns the
+    (reduced) loss.
 
     The benchmark suite times exactly this function.
     """
@@ -187,8 +188,9 @@ class Runner:
     def __init__(self, cfg: RunConfig, scenario: Scenario | None = None, backbone: torch.nn.Module | None = None) -> None:
         self.cfg = cfg
         self.profile = get_profile(cfg.profile)
-        D.init_from_env(resolve_device(cfg.device))  # no-op in one process, and once per process under torchrun
-        self.device = D.local_device(resolve_device(cfg.device))
+        device = resolve_device(cfg.device)
+        D.init_from_env(device)  # no-op in one process, and once per process under torchrun
+        self.device = D.local_device(device)
         get_method_class(cfg.method)  # fail on a bad name before loading any data
         seed_everything(cfg.seed)
         self.scenario = scenario or build_benchmark(cfg.benchmark, self.profile, cfg.seed)
@@ -248,6 +250,19 @@ class Runner:
         last = {}
         bar = tqdm(total=steps * cfg.epochs, desc=f"task {t}", disable=not self.cfg.progress or not D.is_main(),
                    leave=False)
+        epoch = step = 0
+
+        def reduce_and_check(loss: torch.Tensor) -> torch.Tensor:
+            """Average gradients and loss over ranks (identity in one process), then stop on a non-finite
+            loss before the optimizer steps; all ranks see the same mean, so they raise together."""
+            loss = D.average_gradients(params, loss)
+            if not torch.isfinite(loss):
+                ranks = f" (mean over {world} ranks)" if world > 1 else ""
+                raise NonFiniteLossError(
+                    f"loss became {loss.item()} at task {t}, epoch {epoch}, step {step}{ranks}; "
+                    f"lower the learning rate (e.g. --opt lr={cfg.lr / 10:g}) or check the data")
+            return loss
+
         try:
             for epoch in range(cfg.epochs):
                 seed = self.cfg.seed * 1_000_003 + t * 1009
@@ -256,20 +271,7 @@ class Runner:
                 for step, (x, y) in enumerate(self.model_batches(ds, bs, True, g, shard)):
                     with autocast(self.device):
                         loss, logs = m.observe(x, y)
-                    if world == 1 and not torch.isfinite(loss):
-                        raise NonFiniteLossError(
-                            f"loss became {loss.item()} at task {t}, epoch {epoch}, step {step}; "
-                            f"lower the learning rate (e.g. --opt lr={cfg.lr / 10:g}) or check the data")
-                    def reduce(loss: torch.Tensor) -> torch.Tensor:  # all ranks see one averaged loss: all raise together
-                        loss = D.average_gradients(params, loss)
-                        if not torch.isfinite(loss):
-                            raise NonFiniteLossError(
-                                f"loss became {loss.item()} at task {t}, epoch {epoch}, step {step} (mean over "
-                                f"{world} ranks); lower the learning rate (e.g. --opt lr={cfg.lr / 10:g}) "
-                                f"or check the data")
-                        return loss
-
-                    loss = optimizer_step(opt, scaler, loss, params, cfg.grad_clip, sched, reduce if world > 1 else None)
+                    loss = optimizer_step(opt, scaler, loss, params, cfg.grad_clip, sched, reduce_and_check)
                     last = {"loss": float(loss.detach()), **logs}
                     bar.update(1)
                     bar.set_postfix(loss=f"{last['loss']:.3f}")
