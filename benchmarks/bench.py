@@ -62,6 +62,7 @@ from cl_peft_lib import loop as _loop  # noqa: E402
 from cl_peft_lib.data.base import SubsetDataset, TensorImageDataset  # noqa: E402
 from cl_peft_lib.data.scenarios import Task, class_incremental, domain_incremental  # noqa: E402
 from cl_peft_lib.data.transforms import to_model_input  # noqa: E402
+from cl_peft_lib.grid import parse_list  # noqa: E402
 from cl_peft_lib.methods import METHODS, TaskContext, get_method_class  # noqa: E402
 from cl_peft_lib.profiles import get_profile  # noqa: E402
 from cl_peft_lib.utils import amp_dtype, atomic_write_json, autocast, provenance, seed_everything  # noqa: E402
@@ -1123,10 +1124,6 @@ def run_benchmark(settings: Settings, out: str | None = None, log: Callable[[str
     return b.results
 
 
-def _csv(s: str) -> list[str]:
-    return [x.strip() for x in s.split(",") if x.strip()]
-
-
 def parse_args(argv=None) -> tuple[Settings, argparse.Namespace]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--show", metavar="JSON", default=None, help="print the table of an existing results file and exit")
@@ -1171,9 +1168,9 @@ def parse_args(argv=None) -> tuple[Settings, argparse.Namespace]:
     s = preset(a.mode)
     if a.methods:
         s.methods = sorted(set(METHODS) | set(ISSUE_METHODS), key=lambda n: (n not in ISSUE_METHODS, n)) \
-            if a.methods == "all" else _csv(a.methods)
+            if a.methods == "all" else parse_list(a.methods)
     if a.batch_sizes:
-        s.batch_sizes = [int(b) for b in _csv(a.batch_sizes)]
+        s.batch_sizes = [int(b) for b in parse_list(a.batch_sizes)]
     if a.backbone:
         s.backbone = a.backbone
     for k in ("warmup", "steps", "repeats", "threads"):
@@ -1185,13 +1182,13 @@ def parse_args(argv=None) -> tuple[Settings, argparse.Namespace]:
     s.compile = a.compile or a.compile_only
     s.compile_only = a.compile_only
     if a.compile_methods is not None:
-        s.compile_methods = _csv(a.compile_methods)
+        s.compile_methods = parse_list(a.compile_methods)
     if a.fused_methods is not None:
-        s.fused_methods = _csv(a.fused_methods)
+        s.fused_methods = parse_list(a.fused_methods)
     if a.infer_all_tasks is not None:
         s.infer_all_tasks = a.infer_all_tasks
     s.skip_micro = a.skip_micro
-    s.e2e = _csv(a.e2e)
+    s.e2e = parse_list(a.e2e)
     s.e2e_epochs, s.e2e_tasks, s.e2e_train, s.e2e_test, s.e2e_batch, s.e2e_classes = (
         a.e2e_epochs, a.e2e_tasks, a.e2e_train, a.e2e_test, a.e2e_batch, a.e2e_classes)
     if s.e2e and (min(s.e2e_train, s.e2e_test) < s.e2e_classes or s.e2e_classes % s.e2e_tasks):
