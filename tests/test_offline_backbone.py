@@ -62,7 +62,7 @@ def _offline_subset(per_class_train: int = 20, per_class_test: int = 10):
     try:
         loaded = [f(download=False) for f in (load_fashion_mnist, load_mnist, load_animal_mnist)]
     except DatasetNotFoundError as e:
-        pytest.skip(f"offline data sets not installed: {e}")
+        pytest.fail(f"offline data sets not installed (make data): {e}")
     for off, (tr, te, _) in enumerate(loaded):
         for split, ds, n in (("train", tr, per_class_train), ("test", te, per_class_test)):
             for c in range(10):
@@ -129,11 +129,12 @@ def test_teacher_conversion_on_foolbox_imagenet_images(name, min_correct):
     try:
         teacher.foolbox_imagenet_images()
     except FileNotFoundError:
-        pytest.skip("foolbox is not installed (pip install --no-deps foolbox): no labelled ImageNet images to check on")
+        pytest.fail("foolbox is not installed (make test-deps, or pip install --no-deps foolbox): "
+                    "no labelled ImageNet images to check on")
     try:
         model = teacher.load_teacher(name)
     except FileNotFoundError as e:
-        pytest.skip(str(e))
+        pytest.fail(f"{e} (make data test-deps installs the teachers' weights)")
     correct, total = teacher.foolbox_top1(model, 224)
     assert total == 20
     assert correct >= min_correct, f"{name}: {correct}/20 top-1 (expected about 18/20): conversion broken?"

@@ -25,6 +25,17 @@ class DatasetNotFoundError(FileNotFoundError):
     """A data set is not where we looked; the message says how to obtain it."""
 
 
+#: Environment switch that lets the benchmarks download missing data (Colab); off by default,
+#: so that nothing (a test, a chapter on a machine without internet) reaches for the network.
+DOWNLOAD_ENV = "CL_PEFT_DOWNLOAD"
+
+
+def download_allowed() -> bool:
+    """True only when ``$CL_PEFT_DOWNLOAD`` is ``1``/``true``/``yes``: the benchmarks then fetch
+    missing data sets; otherwise a missing data set raises :class:`DatasetNotFoundError`."""
+    return os.environ.get(DOWNLOAD_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
 class TensorImageDataset(Dataset):
     """Images held in memory as one ``uint8`` tensor ``(N, C, H, W)``.
 

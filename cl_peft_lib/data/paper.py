@@ -41,7 +41,7 @@ def _missing(what: str, path: Path, fn: str, root: Path, manual: str) -> Dataset
     return DatasetNotFoundError(
         f"{what} not found: looked for {path}\n"
         f"To obtain it, either\n"
-        f"  * with internet access, run:\n"
+        f"  * with internet access, set CL_PEFT_DOWNLOAD=1 (the benchmarks then download it), or run:\n"
         f"      python -c \"from cl_peft_lib.data.paper import {fn}; {fn}(root='{root}', download=True)\"\n"
         f"  * or by hand: {manual}\n"
         f"  * or, if the data already lies elsewhere, pass root=... or `export CL_PEFT_DATA=/path/to/data`."

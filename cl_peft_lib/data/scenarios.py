@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..profiles import Profile
-from .base import ConcatImageDataset, SubsetDataset, TensorImageDataset
+from .base import ConcatImageDataset, SubsetDataset, TensorImageDataset, download_allowed
 
 
 @dataclass
@@ -170,7 +170,7 @@ def _offline_cil(profile: Profile, seed: int) -> Scenario:
     trs, tes, names = [], [], []
     for off, (prefix, loader) in enumerate((("fashion", load_fashion_mnist), ("mnist", load_mnist),
                                             ("animal", load_animal_mnist))):
-        tr, te, cn = loader()
+        tr, te, cn = loader(download=download_allowed())
         trs.append(TensorImageDataset(tr.images, tr.targets + 10 * off, tr.name))
         tes.append(TensorImageDataset(te.images, te.targets + 10 * off, te.name))
         names += [f"{prefix}:{c}" for c in cn]
@@ -193,7 +193,7 @@ def offline_dil_domains() -> list[tuple[str, TensorImageDataset, TensorImageData
     """
     from .offline import load_mnist, load_optdigits
 
-    mtr, mte, _ = load_mnist()
+    mtr, mte, _ = load_mnist(download=download_allowed())
     otr, ote, _ = load_optdigits()
     g = torch.Generator().manual_seed(0)
     ptr, pte = torch.randperm(len(mtr), generator=g), torch.randperm(len(mte), generator=g)
@@ -223,7 +223,7 @@ def _split_cifar100(profile: Profile, seed: int) -> Scenario:
     """Split CIFAR-100: 100 classes in 10 tasks (L2P, DualPrompt, the paper)."""
     from .paper import load_cifar100
 
-    tr, te, names = load_cifar100(download=True)
+    tr, te, names = load_cifar100(download=download_allowed())
     tr = subsample_per_class(tr, profile.train_per_class, seed)
     te = subsample_per_class(te, profile.test_per_class, seed + 1)
     return class_incremental("split-cifar100", tr, te, names, 10, seed, datasets=["cifar100"])
@@ -233,7 +233,7 @@ def _split_tinyimagenet(profile: Profile, seed: int) -> Scenario:
     """Split Tiny ImageNet: 200 classes in 10 tasks."""
     from .paper import load_tiny_imagenet
 
-    tr, te, names = load_tiny_imagenet(download=True)
+    tr, te, names = load_tiny_imagenet(download=download_allowed())
     tr = subsample_per_class(tr, profile.train_per_class, seed)
     te = subsample_per_class(te, profile.test_per_class, seed + 1)
     return class_incremental("split-tinyimagenet", tr, te, names, 10, seed, datasets=["tiny_imagenet"])
@@ -243,7 +243,7 @@ def _core50(profile: Profile, seed: int) -> Scenario:
     """CORe50 (S-Prompts protocol): 8 training sessions as domains, sessions 3, 7, 10 as the shared test set."""
     from .paper import load_core50
 
-    train_domains, test, names = load_core50(download=True)
+    train_domains, test, names = load_core50(download=download_allowed())
     test = subsample_per_class(test, profile.test_per_class, seed + 1)
     doms = [(n, subsample_per_class(d, profile.train_per_class, seed), test) for n, d in train_domains]
     return domain_incremental("core50", doms, names, datasets=["core50"])
@@ -253,7 +253,7 @@ def _domainnet(profile: Profile, seed: int) -> Scenario:
     """DomainNet: 6 domains as tasks, 345 shared classes, official train/test lists."""
     from .paper import load_domainnet
 
-    doms, names = load_domainnet(download=True)
+    doms, names = load_domainnet(download=download_allowed())
     d = [(n, subsample_per_class(tr, profile.train_per_class, seed), subsample_per_class(te, profile.test_per_class, seed + 1))
          for n, (tr, te) in doms.items()]
     return domain_incremental("domainnet", d, names, datasets=["domainnet"])
