@@ -1,20 +1,22 @@
 """The grid runner: many independent runs (method x benchmark x seed) spread over GPUs or CPU processes.
 
-Every run is an ordinary ``python -m cl_peft_lib run`` in its own subprocess, writing to
-``<out>/<benchmark>/<method>/seed<seed>/`` (``results.json``, ``checkpoint.pt``, ``log.txt``).
+Every run is an ordinary ``python -m cl_peft_lib run`` in its own subprocess, writing to its
+folder in the run store (:func:`cl_peft_lib.store.run_dir`:
+``<root>/<profile>/<benchmark>/<key>/seed<seed>/`` with ``results.json``, ``checkpoint.pt``, ``log.txt``).
 On GPUs each slot runs one run at a time (``CUDA_VISIBLE_DEVICES`` set to its GPU); a GPU
 listed k times (``--gpus 0,0,0,0``) gets k slots, which pays for small models: on one H200 four
 slots (4 CPU threads each) ran chapter 5's 18 offline-dil runs in 184 s of wall time for 671 s
 of summed run time (3.65x). On a CPU machine ``workers`` runs go in parallel. A run whose
 ``results.json`` says ``complete`` for the same settings is skipped, so re-running the grid
-only does what is missing (an interrupted run resumes from its checkpoint). A failed run is reported and the others go on. At the end,
-``<out>/grid.json`` holds every run and, per benchmark and method, mean and standard deviation
-over seeds of the final metrics.
+only does what is missing (an interrupted run resumes from its checkpoint). A failed run is
+reported and the others go on. At the end a grid summary (``<root>/<profile>/grids/<key>.json``,
+or ``summary=``) holds every run and, per benchmark and method, the statistics over seeds of the
+final metrics.
 
 Example::
 
     cl-peft grid --methods l2p,dualprompt --benchmarks offline-cil,offline-dil --seeds 0,1,2 \\
-        --profile offline --out runs/grid            # all visible GPUs, else one CPU process
+        --profile offline                            # all visible GPUs, else one CPU process
     cl-peft grid ... --gpus 0,1                      # these GPUs (indices among the visible ones)
     cl-peft grid ... --workers 2                     # two CPU processes
 
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .store import canonical_json, run_dir, store_root
 from .utils import atomic_write_json
 
 #: Metrics of :func:`cl_peft_lib.metrics.summarize` aggregated over seeds.
@@ -116,10 +119,25 @@ def make_slots(gpus: Sequence[int] | str | None = None, workers: int | None = No
             for i in range(n)]
 
 
-def plan(methods: Sequence[str], benchmarks: Sequence[str], seeds: Sequence[int], out: str | Path) -> list[GridRun]:
-    """The runs of the grid, benchmark-major (all methods and seeds of a benchmark together)."""
-    out = Path(out).resolve()
-    return [GridRun(m, b, int(s), str(out / b / m / f"seed{s}")) for b in benchmarks for m in methods for s in seeds]
+def plan(methods: Sequence[str], benchmarks: Sequence[str], seeds: Sequence[int], profile: str,
+         options: dict[str, Any] | None = None, backbone: str | None = None,
+         root: str | Path | None = None) -> list[GridRun]:
+    """The runs of the grid, benchmark-major (all methods and seeds of a benchmark together), each in
+    its run-store folder (:func:`cl_peft_lib.store.run_dir`)."""
+    return [GridRun(m, b, int(s), str(run_dir(profile, b, m, s, options, backbone, root).resolve()))
+            for b in benchmarks for m in methods for s in seeds]
+
+
+def summary_path(methods: Sequence[str], benchmarks: Sequence[str], seeds: Sequence[int], profile: str,
+                 options: dict[str, Any] | None = None, backbone: str | None = None,
+                 root: str | Path | None = None) -> Path:
+    """Default place of a grid's summary: ``<root>/<profile>/grids/<key>.json`` (one file per grid)."""
+    import hashlib
+
+    ident = canonical_json({"methods": list(methods), "benchmarks": list(benchmarks), "seeds": list(seeds),
+                            "options": options or {}, "backbone": backbone})
+    name = f"{'+'.join(methods)[:40]}-{hashlib.sha256(ident.encode()).hexdigest()[:10]}.json"
+    return store_root(root) / profile / "grids" / name
 
 
 def _read_results(path: Path) -> dict | None:
@@ -208,24 +226,25 @@ def format_summary(summary: dict[str, dict[str, dict[str, Any]]], metric: str = 
 
 
 def run_grid(methods: Sequence[str] | str, benchmarks: Sequence[str] | str, seeds: Sequence[int] | str = (0,),
-             profile: str | None = None, out: str | Path = "runs/grid", gpus: Sequence[int] | str | None = None,
+             profile: str | None = None, root: str | Path | None = None, gpus: Sequence[int] | str | None = None,
              workers: int | None = None, backbone: str | None = None, opts: Sequence[str] = (),
-             log: Callable[[str], None] | None = print) -> dict[str, Any]:
-    """Run (or skip) every method x benchmark x seed; write and return ``<out>/grid.json``.
+             log: Callable[[str], None] | None = print, summary: str | Path | None = None) -> dict[str, Any]:
+    """Run (or skip) every method x benchmark x seed in the run store; write and return the grid summary.
 
     Args:
         methods, benchmarks: names (lists or comma-separated strings); checked before anything runs.
         seeds: seeds (ints or ``"0,1,2"``).
         profile: ``smoke``, ``offline`` or ``paper`` (default ``$CL_PEFT_PROFILE`` or ``offline``).
-        out: grid folder.
+        root: the run store's root (default ``$CL_PEFT_RUNS`` or ``runs``).
         gpus: GPU indices among the visible ones; default all visible GPUs unless ``workers`` is given.
         workers: parallel CPU processes (used when no GPU is selected).
         backbone: override of the profile's backbone, for every run.
         opts: ``KEY=VALUE`` method options passed to every run (``cl-peft run --opt``).
         log: where progress lines go (None: silent).
+        summary: where the summary JSON goes (default :func:`summary_path`).
 
     Returns:
-        The ``grid.json`` dict: ``config``, ``runs`` (one entry per run with ``action``,
+        The summary dict (also written to ``summary``, its path under ``path``): ``config``, ``runs`` (one entry per run with ``action``,
         ``status``, ``metrics``, ``error``), ``counts`` and ``summary``.
     """
     from .backbones import BACKBONES
@@ -249,7 +268,7 @@ def run_grid(methods: Sequence[str] | str, benchmarks: Sequence[str] | str, seed
     profile = get_profile(profile).name
     options = dict(_parse_opt(o) for o in opts)
     slots = make_slots(gpus, workers)
-    runs = plan(methods, benchmarks, seed_list, out)
+    runs = plan(methods, benchmarks, seed_list, profile, options, backbone, root)
     say = log or (lambda s: None)
     lock = threading.Lock()
     t_grid = time.perf_counter()
@@ -326,7 +345,8 @@ def run_grid(methods: Sequence[str] | str, benchmarks: Sequence[str] | str, seed
         "runs": [vars(r).copy() for r in runs],
         "summary": summary,
     }
-    path = Path(out) / "grid.json"
+    path = Path(summary) if summary else summary_path(methods, benchmarks, seed_list, profile, options, backbone, root)
+    grid["path"] = str(path)
     atomic_write_json(path, grid)
     say(format_summary(summary))
     say(f"ran {counts['ran']}, skipped {counts['skipped']}, failed {counts['failed']} of {counts['total']}; "

@@ -18,9 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -33,9 +33,11 @@ from .backbones import create_backbone, state_fingerprint
 from .data.base import ConcatImageDataset, has_fast_batches
 from .data.scenarios import Scenario, build_benchmark
 from .data.transforms import to_model_input
+from .evaluation import DEFAULT_EVAL, EvalConfig
 from .methods import ContinualMethod, MethodConfig, TaskContext, get_method_class
 from .metrics import summarize
 from .profiles import Profile, get_profile
+from .store import backbone_override, eval_path, run_key
 from .utils import amp_dtype, atomic_torch_save, atomic_write_json, autocast, provenance, resolve_device, seed_everything
 
 
@@ -57,10 +59,12 @@ class RunConfig:
         profile: ``smoke``, ``offline`` or ``paper``.
         seed: fixes class order, subsets, initialisation and data order.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...
-        out_dir: folder for ``results.json`` and ``checkpoint.pt`` (None: nothing written).
+        out_dir: folder for ``results.json`` and ``checkpoint.pt`` (None: nothing written); the
+            book and the CLI take it from the run store (:func:`cl_peft_lib.store.run_dir`).
         method_options: overrides of the method's config fields (e.g. ``{"lr": 0.01}``).
         backbone: override of the profile's backbone.
-        resume: continue from ``out_dir/checkpoint.pt`` when it exists.
+        resume: continue from ``out_dir/checkpoint.pt`` when it exists; a complete run is not
+            retrained (False: start from scratch and overwrite what is there).
         progress: show tqdm bars.
     """
 
@@ -89,24 +93,6 @@ def method_config(method: str, profile: Profile, options: dict[str, Any] | None 
         d["lr_ref_batch"] = ref * d.get("batch_size", cls().batch_size) / profile.lr_batch
     d.update(options or {})
     return cls.from_dict(d)
-
-
-def run_dir(profile: str, benchmark: str, method: str, seed: int, options: dict[str, Any] | None = None,
-            root: str | Path = "runs", tag: str | None = None) -> Path:
-    """Where the book keeps a run: ``<root>/<profile>/<benchmark>/<name>/seed<seed>``.
-
-    This is the grid runner's layout (``cl-peft grid --out <root>/<profile>``), so a chapter
-    reuses any run that another chapter or the grid finished with the same settings (the loop
-    resumes past its last task; the grid skips it). ``name`` is ``tag``, else the method name,
-    suffixed by the options when there are any, so that a run with other options never meets
-    the default run's checkpoint.
-
-    Chapters: all of them (``runs/`` is git-ignored).
-    """
-    name = tag or method
-    if options and not tag:
-        name += "-" + "-".join(re.sub(r"[^A-Za-z0-9_.=+-]", "", f"{k}={v}") for k, v in sorted(options.items()))
-    return Path(root) / profile / benchmark / name / f"seed{seed}"
 
 
 def batches(ds: Dataset, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
@@ -284,32 +270,68 @@ class Runner:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def evaluate(self, t: int) -> tuple[list[float], list[float] | None]:
-        """Accuracy (%) on tasks ``0..t``; task-identification accuracy too when the method predicts it."""
+    def evaluate(self, t: int, settings: EvalConfig = DEFAULT_EVAL) -> tuple[list[float], list[float] | None]:
+        """Accuracy (%) on tasks ``0..t`` under evaluation ``settings`` (split, masking, oracle task id,
+        merged weights, batch-wise selection); task-identification accuracy too when the method predicts it."""
         m = self.method
-        oracle = bool(getattr(self.mcfg, "oracle_task_id", False))
         accs, tids = [], []
         m.eval()
+        m.set_eval(settings)
         world = D.world_size()
         shard = D.Shard(D.rank(), world, pad=False) if world > 1 else None  # each rank counts its part
-        for i, task in enumerate(self.scenario.tasks[: t + 1]):
-            correct = n = tcorrect = 0
-            for x, y in self.model_batches(task.test, shard=shard):
-                with autocast(self.device):
-                    logits = m.predict(x, task_id=i if oracle else None)
-                correct += int((logits.argmax(1) == y).sum())
-                n += len(y)
-                if m.identifies_tasks and m.last_task_ids is not None:
-                    tcorrect += int((m.last_task_ids == i).sum())
-            if world > 1:
-                correct, n, tcorrect = D.all_reduce_sum([correct, n, tcorrect])
-            accs.append(100.0 * correct / max(n, 1))
-            tids.append(100.0 * tcorrect / max(n, 1))
+        try:
+            for i, task in enumerate(self.scenario.tasks[: t + 1]):
+                data = task.test if settings.split == "test" else getattr(task, "val", None)
+                if data is None:
+                    raise ValueError(f"benchmark {self.scenario.name} has no validation split (task {task.name})")
+                correct = n = tcorrect = 0
+                for x, y in self.model_batches(data, shard=shard):
+                    with autocast(self.device):
+                        logits = m.predict(x, task_id=i)  # the true task is used only under oracle_task_id
+                    correct += int((logits.argmax(1) == y).sum())
+                    n += len(y)
+                    if m.identifies_tasks and m.last_task_ids is not None:
+                        tcorrect += int((m.last_task_ids == i).sum())
+                if world > 1:
+                    correct, n, tcorrect = D.all_reduce_sum([correct, n, tcorrect])
+                accs.append(100.0 * correct / max(n, 1))
+                tids.append(100.0 * tcorrect / max(n, 1))
+        finally:
+            m.set_eval(DEFAULT_EVAL)
         return accs, (tids if m.identifies_tasks else None)
 
     # ------------------------------------------------------------------ checkpoints
     def _ckpt_path(self) -> Path | None:
         return self.out / "checkpoint.pt" if self.out else None
+
+    def say(self, msg: str) -> None:
+        """One status line on stderr (rank 0 only): what a run does about what it found on disk."""
+        if D.is_main():
+            print(f"[{self.cfg.method} {self.scenario.name} seed {self.cfg.seed}] {msg}", file=sys.stderr, flush=True)
+
+    def finished_result(self) -> dict | None:
+        """The complete ``results.json`` of this very run, when resuming; None when there is none.
+
+        Raises:
+            CheckpointError: a complete result of another run (or of unknown identity) is in the folder
+                but no checkpoint says whose it is: it is never overwritten without ``resume=False``.
+        """
+        path = self.out / "results.json" if self.out else None
+        if path is None or not self.cfg.resume or not path.exists():
+            return None
+        try:
+            res = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None  # a torn or unreadable file: the checkpoint (if any) decides
+        if not isinstance(res, dict) or res.get("status") != "complete":
+            return None
+        if res.get("fingerprint") == self.fingerprint():
+            return res
+        if self._ckpt_path().exists():
+            return None  # load_checkpoint refuses a foreign checkpoint with its own message
+        raise CheckpointError(f"{path} holds the complete result of a different run (or one made before runs "
+                              f"recorded their fingerprint) and no checkpoint; it is not overwritten: use another "
+                              f"--out folder, or --no-resume to replace it")
 
     def load_checkpoint(self) -> dict | None:
         """The checkpoint of this very run, or None; raises :class:`CheckpointError` for a foreign or corrupt one."""
@@ -345,7 +367,8 @@ class Runner:
             "provenance": provenance(r.device, backbone=r.backbone.cl_tag, datasets=",".join(s.datasets)),
             "task_names": [t.name for t in s.tasks], "class_order": s.class_order,
             "accuracy_matrix": [], "task_id_accuracy": None, "wall_time_s": [], "train_logs": [],
-            "trainable_params": m.num_trainable(), "status": "running",
+            "trainable_params": m.num_trainable(), "status": "running", "fingerprint": r.fingerprint(),
+            "store_key": run_key(cfg.method, cfg.method_options, backbone_override(cfg.profile, cfg.backbone)),
         }
         if D.world_size() > 1:
             import torch.distributed as dist
@@ -357,10 +380,16 @@ class Runner:
             result["distributed"] = {"world_size": D.world_size(), "backend": dist.get_backend(),
                                      "note": "train_logs average the ranks; extra metrics (e.g. selection counts) "
                                              "are rank 0's shard"}
+        done = r.finished_result()
         ck = r.load_checkpoint()  # every rank loads the same checkpoint
         D.barrier()  # ... before rank 0 may overwrite it
+        if done is not None:
+            r.say(f"finished: nothing to do ({r.out / 'results.json'} is complete"
+                  + ("" if ck is not None else "; its checkpoint is gone, so the trained method is not loaded") + ")")
+            return done
         start = 0
         if ck is not None:
+            r.say(f"resuming after task {ck['task']} of {s.num_tasks} ({r._ckpt_path()})")
             start = ck["task"] + 1
             for k in ("accuracy_matrix", "task_id_accuracy", "wall_time_s", "train_logs"):
                 result[k] = ck["results"][k]
@@ -428,3 +457,48 @@ def run_continual(cfg: RunConfig, scenario: Scenario | None = None, backbone: to
         CheckpointError: a foreign or corrupt checkpoint is in ``out_dir``.
     """
     return Runner(cfg, scenario, backbone).run(step_callback)
+
+
+def evaluate_run(cfg: RunConfig, settings: EvalConfig | dict[str, Any] | None = None,
+                 scenario: Scenario | None = None, backbone: torch.nn.Module | None = None,
+                 recompute: bool = False) -> dict[str, Any]:
+    """Score a finished run under other evaluation ``settings``, from its checkpoint, without retraining.
+
+    The run (``cfg.out_dir``, e.g. from :func:`cl_peft_lib.store.run_dir`) must be complete and hold its
+    checkpoint: the method's state after the last task. The evaluation covers every task of the
+    benchmark (the last row of the accuracy matrix under ``settings``) and is stored beside the run
+    (:func:`cl_peft_lib.store.eval_path`); asking again returns the stored one unless ``recompute``.
+
+    Returns:
+        ``{"settings", "after_task", "accuracy" (per task, %), "average_accuracy", "task_id_accuracy",
+        "fingerprint", "store_key", "provenance"}``.
+
+    Raises:
+        CheckpointError: the run is not complete here, or its checkpoint is missing or foreign.
+        ValueError: bad settings, or a validation split the benchmark does not have.
+    """
+    settings = settings if isinstance(settings, EvalConfig) else EvalConfig.from_dict(settings)
+    if not cfg.out_dir:
+        raise ValueError("evaluate_run needs the run's folder (cfg.out_dir; see cl_peft_lib.store.run_dir)")
+    r = Runner(replace(cfg, resume=True), scenario, backbone)
+    path = eval_path(r.out, settings.changes())
+    if path.exists() and not recompute:
+        stored = json.loads(path.read_text())
+        if stored.get("fingerprint") == r.fingerprint():
+            return stored
+    if r.finished_result() is None:
+        raise CheckpointError(f"{r.out} holds no complete run of these settings; run it first (cl-peft run ...)")
+    ck = r.load_checkpoint()
+    if ck is None:
+        raise CheckpointError(f"{r.out} has a complete result but no checkpoint to evaluate; re-run it with --no-resume")
+    t = ck["task"]
+    accs, tids = r.evaluate(t, settings)
+    record = {"settings": settings.to_dict(), "after_task": t, "accuracy": accs,
+              "average_accuracy": sum(accs) / len(accs), "task_id_accuracy": tids, "fingerprint": r.fingerprint(),
+              "store_key": run_key(cfg.method, cfg.method_options, backbone_override(cfg.profile, cfg.backbone)),
+              "provenance": provenance(r.device, backbone=r.backbone.cl_tag)}
+    if D.is_main():
+        atomic_write_json(path, record)
+    r.say(f"evaluated under {settings.changes() or 'the default settings'}: average accuracy "
+          f"{record['average_accuracy']:.2f} -> {path}")
+    return record

@@ -28,6 +28,7 @@ from typing import Callable
 import torch
 
 from cl_peft_lib.backbones import create_backbone
+from cl_peft_lib.evaluation import EvalConfig
 from cl_peft_lib.methods.lora import L2L, L2LConfig, SLoRA, SLoRAConfig
 from cl_peft_lib.utils import autocast, resolve_device
 
@@ -82,11 +83,11 @@ def measure_overhead(backbone: str = "random_vit_tiny_p4_28", batch: int = 64, r
 
     def merged(fn):
         def run():
-            s.cfg.merged_inference = True
+            s.set_eval(EvalConfig(merged_inference=True))
             try:
                 return fn()
             finally:
-                s.cfg.merged_inference = False
+                s.set_eval(EvalConfig())
         return run
 
     paths = {

@@ -7,7 +7,7 @@ import torch
 from cl_peft_lib.backbones import create_backbone, state_fingerprint
 from cl_peft_lib.cli import main as cli_main
 from cl_peft_lib.data.scenarios import build_benchmark
-from cl_peft_lib.loop import CheckpointError, NonFiniteLossError, RunConfig, method_config, run_continual, run_dir
+from cl_peft_lib.loop import CheckpointError, NonFiniteLossError, RunConfig, method_config, run_continual
 from cl_peft_lib.profiles import get_profile
 
 BB = "test_vit_micro"
@@ -143,18 +143,3 @@ def test_l2l_default_lr_is_below_l2ps():
     assert (l2l.pool_size, l2l.top_n, l2l.surrogate_weight, l2l.epochs, l2l.optimizer) == \
         (l2p.pool_size, l2p.top_n, l2p.surrogate_weight, l2p.epochs, l2p.optimizer)
     assert l2l.effective_lr == pytest.approx(l2p.effective_lr / 10)
-
-
-def test_run_dir_is_the_grid_layout_and_keeps_options_apart(tmp_path):
-    """Chapters and the grid share one run store: the default run's folder is the grid's, options get their own."""
-    from pathlib import Path
-
-    from cl_peft_lib.grid import plan
-
-    [g] = plan(["l2p"], ["offline-cil"], [2], tmp_path / "offline")
-    assert run_dir("offline", "offline-cil", "l2p", 2, {}, root=tmp_path) == Path(g.out)
-    a = run_dir("offline", "offline-cil", "l2l", 0, {"rank": 2, "layers": (0,)}, root=tmp_path)
-    b = run_dir("offline", "offline-cil", "l2l", 0, {"rank": 4, "layers": (0,)}, root=tmp_path)
-    assert len({a, b, run_dir("offline", "offline-cil", "l2l", 0, None, root=tmp_path)}) == 3
-    assert a.name == "seed0" and a.parent.name == "l2l-layers=0-rank=2"
-    assert run_dir("smoke", "x", "l2p", 1, {"pool_size": 1}, root="r", tag="one_prompt").as_posix() == "r/smoke/x/one_prompt/seed1"

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..evaluation import DEFAULT_EVAL, EvalConfig
+
 
 @dataclass
 class MethodConfig:
@@ -65,6 +67,11 @@ class MethodConfig:
         """Build from a dict; unknown keys raise a ``ValueError`` listing the valid ones."""
         d = dict(d or {})
         valid = {f.name for f in fields(cls)}
+        evals = sorted((set(d) - valid) & {f.name for f in fields(EvalConfig)})
+        if evals:
+            raise ValueError(f"{', '.join(evals)}: an evaluation setting, not a training option; evaluate the run "
+                             f"with it instead (cl-peft run/evaluate --eval {evals[0]}=..., or "
+                             f"cl_peft_lib.loop.evaluate_run): it never retrains")
         bad = sorted(set(d) - valid)
         if bad:
             raise ValueError(f"unknown option(s) {bad} for {cls.__name__}; valid: {sorted(valid)}")
@@ -132,6 +139,7 @@ class ContinualMethod(nn.Module):
         self.register_buffer("current", torch.zeros(num_classes, dtype=torch.bool))
         self.task_id = -1
         self.last_task_ids: torch.Tensor | None = None
+        self.eval_cfg: EvalConfig = DEFAULT_EVAL
 
     # ---------------------------------------------------------------- lifecycle hooks
     def begin_task(self, task_id: int, classes: list[int]) -> None:
@@ -179,15 +187,24 @@ class ContinualMethod(nn.Module):
             return logits.masked_fill(~self.current, float("-inf"))
         return logits
 
+    def set_eval(self, cfg: EvalConfig) -> None:
+        """Score under evaluation settings ``cfg`` from now on (the loop sets them around each evaluation)."""
+        self.eval_cfg = cfg
+
+    def mask_test_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """With the ``mask_unseen`` evaluation setting, classes not seen so far are -inf (the references
+        score all logits, the default)."""
+        return logits.masked_fill(~self.seen, float("-inf")) if self.eval_cfg.mask_unseen else logits
+
     @torch.no_grad()
     def predict(self, x: torch.Tensor, task_id: int | None = None) -> torch.Tensor:
-        """Test-time logits; classes never seen are -inf (no task identity is given).
+        """Test-time logits over the whole label space (no task identity is given).
 
         Args:
             x: model-ready batch.
-            task_id: oracle task identity, used only by methods in oracle mode.
+            task_id: the true task, used only under the ``oracle_task_id`` evaluation setting.
         """
-        return self(x).float().masked_fill(~self.seen, float("-inf"))
+        return self.mask_test_logits(self(x).float())
 
     def extra_metrics(self) -> dict[str, Any]:
         """Method-specific numbers for the results JSON (e.g. prompt-selection histograms)."""

@@ -117,6 +117,10 @@ class L2XMethod(ContinualMethod):
         super().begin_task(task_id, classes)
         self.pool.reset_counts()
 
+    def set_eval(self, cfg) -> None:
+        super().set_eval(cfg)
+        self.pool.batchwise_test = cfg.batchwise_selection
+
     def extra_metrics(self) -> dict:
         return {"selection_counts_last_eval": self.pool.counts.tolist()}
 
@@ -126,14 +130,13 @@ class SXConfig(MethodConfig):
     """S-Prompts' settings (its ViT configs), shared by S-LoRA.
 
     Attributes:
-        kmeans_k: centroids per domain for task identification.
-        oracle_task_id: use the true domain at test time instead of k-means (ablation).
+        kmeans_k: centroids per domain for task identification (the true domain instead is the
+            ``oracle_task_id`` evaluation setting: :class:`~cl_peft_lib.evaluation.EvalConfig`).
         shared_head: one classifier for all domains instead of one per domain (ablation; the
             PEFT modules stay per domain).
     """
 
     kmeans_k: int = 5
-    oracle_task_id: bool = False
     shared_head: bool = False
     epochs: int = 10
     batch_size: int = 128
@@ -201,9 +204,9 @@ class SXMethod(ContinualMethod):
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, task_id: int | None = None) -> torch.Tensor:
-        if self.cfg.oracle_task_id and task_id is not None:
+        if self.eval_cfg.oracle_task_id and task_id is not None:
             tid = torch.full((len(x),), task_id, dtype=torch.long, device=x.device)
         else:
             tid = self.identifier.identify(self.query(x))
         self.last_task_ids = tid
-        return self.heads(self.peft_features(x, tid), self._head_ids(tid)).float()
+        return self.mask_test_logits(self.heads(self.peft_features(x, tid), self._head_ids(tid)).float())

@@ -166,12 +166,10 @@ class PlainLoRA(LinearHeadMethod):
 class SLoRAConfig(SXConfig, LoRAFields):
     """S-Prompts' settings (:class:`~.families.SXConfig`) with one LoRA adapter per domain.
 
-    Attributes:
-        merged_inference: at test time, group the samples by predicted domain and run each
-            group through peft's merged weights instead of the mixed-batch ``adapter_names`` path.
+    Inference through peft's merged weights (the samples grouped by predicted domain) instead of
+    the mixed-batch ``adapter_names`` path is the ``merged_inference`` evaluation setting
+    (:class:`~cl_peft_lib.evaluation.EvalConfig`): same predictions, other speed.
     """
-
-    merged_inference: bool = False
 
 
 @register_method
@@ -218,7 +216,7 @@ class SLoRA(SXMethod):
     def peft_features(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
         if self.training:  # training domain t: adapter t is the active one
             return self.features(x)
-        if self.cfg.merged_inference:
+        if self.eval_cfg.merged_inference:
             out = None
             for t in task_ids.unique().tolist():
                 sel = (task_ids == t).nonzero().flatten()

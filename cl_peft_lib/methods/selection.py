@@ -40,8 +40,9 @@ class KeyedPool(nn.Module):
         embed_dim: D, the query dimension.
         top_n: N modules selected per sample.
         batchwise: during training, the N keys most often selected in the batch are used
-            for every sample of the batch (L2P's ``batchwise_prompt``); never at test time,
-            so a test prediction does not depend on the rest of its batch.
+            for every sample of the batch (L2P's ``batchwise_prompt``). At test time only under
+            the ``batchwise_selection`` evaluation setting (``batchwise_test``), as the references
+            do; by default a test prediction does not depend on the rest of its batch.
 
     Attributes:
         keys: ``(M, D)`` learnable keys, initialised uniform in [-1, 1] as in L2P.
@@ -53,6 +54,8 @@ class KeyedPool(nn.Module):
         if not 1 <= top_n <= pool_size:
             raise ValueError(f"top_n={top_n} must be between 1 and pool_size={pool_size}")
         self.pool_size, self.top_n, self.batchwise = pool_size, top_n, batchwise
+        #: batch-wise selection at test time too (the ``batchwise_selection`` evaluation setting)
+        self.batchwise_test = False
         self.keys = nn.Parameter(torch.empty(pool_size, embed_dim).uniform_(-1, 1))
         self.register_buffer("counts", torch.zeros(pool_size, dtype=torch.long), persistent=False)
 
@@ -64,7 +67,7 @@ class KeyedPool(nn.Module):
         """Indices ``(B, N)`` of the selected keys and the similarity matrix ``(B, M)``."""
         sim = self.similarity(query)
         idx = sim.topk(self.top_n, dim=1).indices
-        if self.batchwise and self.training:
+        if (self.batchwise and self.training) or (self.batchwise_test and not self.training):
             votes = torch.bincount(idx.flatten(), minlength=self.pool_size)
             major = votes.topk(self.top_n).indices
             idx = major.unsqueeze(0).expand(len(query), -1)
