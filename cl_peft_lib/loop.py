@@ -426,7 +426,11 @@ class Runner:
                 atomic_write_json(results_path, result)
             raise
         result["metrics"] = summarize(result["accuracy_matrix"])
-        result["extra"] = m.extra_metrics()
+        result["extra"] = m.extra_metrics()  # (before the validation pass below adds to selection counts)
+        if all(getattr(t, "val", None) is not None and len(t.val) for t in s.tasks):
+            # model selection reads this (cl_peft_lib.tuning): the last row on the validation split
+            val, _ = r.evaluate(s.num_tasks - 1, EvalConfig(split="val"))
+            result["validation"] = {"accuracy": val, "average_accuracy": sum(val) / len(val)}
         result["status"] = "complete"
         if results_path:
             atomic_write_json(results_path, result)

@@ -1,0 +1,179 @@
+"""Model selection on validation data, with the same budget for every method.
+
+The comparison the book draws (L2P vs L2L, S-Prompts vs S-LoRA, and the baselines) is only
+fair if every method's settings were chosen the same way. :func:`tune` runs one search space
+per method (:data:`SEARCH_SPACES`), every space the same size (:data:`BUDGET` configurations),
+each configuration on the same tuning seeds (class orders that the head-to-head never uses),
+scores each run on the *validation* split (10% of each task's training data, see
+:mod:`cl_peft_lib.data.scenarios`) by its final average accuracy, and stores the selection in
+the run store (``<root>/<profile>/<benchmark>/tuned/<method>.json``). Test data are never read.
+
+The spaces are ours (the paper's L2L/S-LoRA settings are not public): learning rate and the
+size/placement of the PEFT module, around each method's reference default.
+
+Chapter: ``notebooks/05_head_to_head.ipynb`` (tuned vs reference defaults).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+import json
+import statistics
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from .store import store_root
+from .utils import atomic_write_json
+
+SCHEMA = "cl-peft-tune/1"
+#: Configurations per method: every search space has exactly this many.
+BUDGET = 6
+#: Seeds (class orders) used for tuning only; the head-to-head uses others (0, 1, 2, ...).
+TUNE_SEEDS = (1000,)
+
+
+def grid_space(**axes: Sequence[Any]) -> list[dict[str, Any]]:
+    """All combinations of the axes, e.g. ``grid_space(lr=[0.1, 0.01], rank=[1, 4])`` (4 configurations)."""
+    keys = list(axes)
+    return [dict(zip(keys, vals)) for vals in itertools.product(*(axes[k] for k in keys))]
+
+
+#: One search space per method, :data:`BUDGET` configurations each (a test checks the sizes).
+SEARCH_SPACES: dict[str, list[dict[str, Any]]] = {
+    "l2p": grid_space(lr=[0.03, 0.01, 0.003], prompt_length=[5, 10]),
+    "dualprompt": grid_space(lr=[0.03, 0.01, 0.003], prompt_length=[5, 10]),
+    "l2l": grid_space(lora_lr=[0.003, 0.001], layers=[None, (0, 1, 2, 3, 4), (0,)]),
+    "sprompts": grid_space(lr=[0.03, 0.01, 0.003], prompt_length=[5, 10]),
+    "slora": grid_space(lora_lr=[0.03, 0.01, 0.003], rank=[1, 4]),
+    "lora": grid_space(lr=[0.003, 0.001, 0.0005], rank=[1, 4]),
+    "linear_probe": grid_space(lr=[0.3, 0.1, 0.03, 0.01, 0.003, 0.001]),
+    "finetune": grid_space(lr=[1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6]),
+}
+
+
+class TuningError(ValueError):
+    """A tuning request or a stored selection that cannot be used; the message says why."""
+
+
+def selection_path(profile: str, benchmark: str, method: str, root: str | Path | None = None) -> Path:
+    """Where the selection of ``method`` on ``benchmark`` under ``profile`` is stored."""
+    return store_root(root) / profile / benchmark / "tuned" / f"{method}.json"
+
+
+def check_space(method: str, space: Sequence[Mapping[str, Any]] | None, budget: int) -> list[dict[str, Any]]:
+    """The search space of ``method`` (``space`` or :data:`SEARCH_SPACES`), refused when empty, over
+    budget, holding duplicates, or naming options the method does not have."""
+    from .methods import get_method_class
+
+    cls = get_method_class(method).config_cls
+    space = [dict(c) for c in (space if space is not None else SEARCH_SPACES.get(method, []))]
+    if not space:
+        raise TuningError(f"no search space for '{method}' (methods with one: {', '.join(SEARCH_SPACES)}); "
+                          f"pass space=[...] or leave the method untuned")
+    if len(space) > budget:
+        raise TuningError(f"the search space of '{method}' has {len(space)} configurations, over the budget of "
+                          f"{budget}; every method gets the same budget")
+    if len({json.dumps(c, sort_keys=True, default=str) for c in space}) != len(space):
+        raise TuningError(f"the search space of '{method}' repeats a configuration")
+    for c in space:
+        cls.from_dict(c)  # unknown options / bad values are refused here, before anything runs
+    return space
+
+
+def tune(methods: Sequence[str], benchmark: str, profile: str | None = None, seeds: Sequence[int] = TUNE_SEEDS,
+         budget: int = BUDGET, spaces: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+         root: str | Path | None = None, base_options: Mapping[str, Any] | None = None,
+         run: Callable[..., dict] | None = None, log: Callable[[str], None] | None = print,
+         **grid_kw: Any) -> dict[str, dict]:
+    """Tune every method of ``methods`` on ``benchmark`` and store each selection.
+
+    Args:
+        methods: method names; each needs a search space (``spaces`` or :data:`SEARCH_SPACES`).
+        benchmark: a benchmark with a validation split.
+        profile: ``smoke`` / ``offline`` / ``paper`` (default ``$CL_PEFT_PROFILE`` or ``offline``).
+        seeds: tuning seeds (class orders), the same for every method.
+        budget: configurations per method; a space larger than this is refused.
+        root: the run store's root.
+        base_options: options added to every configuration (e.g. ``{"epochs": 1}`` for a quick look).
+        run: the grid function (default :func:`cl_peft_lib.grid.run_grid`); its extra arguments ``grid_kw``
+            (``gpus``, ``workers``, ``backbone``).
+        log: where progress lines go.
+
+    Returns:
+        ``{method: selection}``, each as stored in :func:`selection_path`.
+    """
+    from .grid import run_grid
+    from .profiles import get_profile
+
+    profile = get_profile(profile).name
+    run = run or run_grid
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise TuningError("no tuning seeds given")
+    spaces = {m: check_space(m, (spaces or {}).get(m), budget) for m in methods}  # all checked before any run
+    _check_validation(benchmark, profile)
+    out = {}
+    for m, space in spaces.items():
+        trials = []
+        for c in space:
+            opts = {**(base_options or {}), **c}
+            g = run([m], [benchmark], seeds, profile=profile, root=root, opts=opts, log=None, **grid_kw)
+            vals = []
+            for r in g["runs"]:
+                res = json.loads((Path(r["out"]) / "results.json").read_text()) if r["status"] == "complete" else {}
+                v = (res.get("validation") or {}).get("average_accuracy")
+                vals.append(v)
+            ok = [v for v in vals if v is not None]
+            trials.append({"options": c, "val_average_accuracy": vals,
+                           "mean": statistics.fmean(ok) if len(ok) == len(vals) else None})
+            if log:
+                log(f"tune {m} {c}: validation A_T {vals}")
+        scored = [t for t in trials if t["mean"] is not None]
+        if not scored:
+            raise TuningError(f"every configuration of '{m}' failed on {benchmark}; see the runs' log.txt")
+        best = max(scored, key=lambda t: t["mean"])
+        sel = {"schema": SCHEMA, "method": m, "benchmark": benchmark, "profile": profile,
+               "backbone": grid_kw.get("backbone"), "seeds": seeds, "budget": budget,
+               "base_options": dict(base_options or {}), "trials": trials, "selected": best["options"],
+               "selected_val_average_accuracy": best["mean"],
+               "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")}
+        atomic_write_json(selection_path(profile, benchmark, m, root), sel)
+        out[m] = sel
+    return out
+
+
+def _check_validation(benchmark: str, profile: str) -> None:
+    from .data.scenarios import BENCHMARKS
+
+    if benchmark not in BENCHMARKS:
+        raise TuningError(f"unknown benchmark '{benchmark}'; valid: {', '.join(BENCHMARKS)}")
+
+
+def load_selection(profile: str, benchmark: str, method: str, root: str | Path | None = None,
+                   path: str | Path | None = None) -> dict[str, Any]:
+    """The stored selection of ``method``; refused when it was made for another benchmark, profile or method.
+
+    Raises:
+        TuningError: missing, unreadable, or made for other settings.
+    """
+    p = Path(path) if path else selection_path(profile, benchmark, method, root)
+    try:
+        sel = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise TuningError(f"no tuned selection at {p}: run `cl-peft tune --methods {method} --benchmark "
+                          f"{benchmark} --profile {profile}` first") from None
+    except (OSError, ValueError) as e:
+        raise TuningError(f"{p} is not a readable selection file ({e})") from None
+    if not isinstance(sel, dict) or sel.get("schema") != SCHEMA:
+        raise TuningError(f"{p} is not a selection file of this library (schema {SCHEMA})")
+    for k, want in (("method", method), ("benchmark", benchmark), ("profile", profile)):
+        if sel.get(k) != want:
+            raise TuningError(f"{p} was tuned for {k} '{sel.get(k)}', not '{want}'; tune for these settings")
+    return sel
+
+
+def selected_options(profile: str, benchmark: str, method: str, root: str | Path | None = None) -> dict[str, Any]:
+    """The options :func:`tune` selected (plus its base options): what the head-to-head runs on fresh seeds."""
+    sel = load_selection(profile, benchmark, method, root)
+    opts = {**sel.get("base_options", {}), **sel["selected"]}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()}  # JSON lists back to tuples
