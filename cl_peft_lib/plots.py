@@ -44,7 +44,7 @@ def accuracy_matrix_heatmap(R, task_names: Sequence[str] | None = None, ax=None,
 
 def average_accuracy_curves(runs: dict[str, Sequence[Sequence[Sequence[float]]]], ax=None, chance: float | None = None,
                             title: str | None = None):
-    """Average accuracy over seen tasks after each task, mean ± std over seeds, one line per method.
+    """Average accuracy over seen tasks after each task, mean ± sample std over seeds, one line per method.
 
     Args:
         runs: method name -> list (over seeds) of accuracy matrices.
@@ -54,9 +54,10 @@ def average_accuracy_curves(runs: dict[str, Sequence[Sequence[Sequence[float]]]]
     for name, mats in runs.items():
         curves = np.array([[np.mean(as_matrix(R)[t, : t + 1]) for t in range(len(R))] for R in mats])
         x = np.arange(1, curves.shape[1] + 1)
-        mu, sd = curves.mean(0), curves.std(0)
+        mu = curves.mean(0)
         ax.plot(x, mu, marker="o", label=name)
-        if len(mats) > 1:
+        if len(mats) > 1:  # band: ± the sample std of :func:`cl_peft_lib.stats.describe`
+            sd = np.array([describe(curves[:, j]).std for j in range(curves.shape[1])])
             ax.fill_between(x, mu - sd, mu + sd, alpha=0.2)
     if chance is not None:
         ax.axhline(chance, ls="--", c="grey", lw=1, label="chance (final)")

@@ -217,3 +217,17 @@ def test_readme_tables_from_grid_json_and_run_store(rt, tmp_path):
     assert "slora > sprompts on 2/2 seeds" in block and "| slora | 2 |" in block
     with pytest.raises(rt.NoPerSeedValues):
         rt.from_runs(tmp_path / "empty")
+
+
+def test_accuracy_curves_band_is_the_sample_std():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from cl_peft_lib.plots import average_accuracy_curves
+
+    mats = [[[90.0], [60.0, 80.0]], [[80.0], [50.0, 82.0]], [[70.0], [70.0, 90.0]]]
+    fig = average_accuracy_curves({"m": mats})
+    band = fig.axes[0].collections[0].get_paths()[0].vertices[:, 1]
+    curves = np.array([[90.0, 70.0], [80.0, 66.0], [70.0, 80.0]])
+    top = curves.mean(0) + curves.std(0, ddof=1)
+    assert np.isclose(band.max(), top.max()) and not np.isclose(band.max(), (curves.mean(0) + curves.std(0)).max())
