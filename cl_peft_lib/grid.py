@@ -211,7 +211,7 @@ def format_summary(summary: dict[str, dict[str, dict[str, Any]]], metric: str = 
             c = summary[b].get(m, {}).get(metric)
             if not c:
                 cells.append("-")
-            elif c.get("std") is None:
+            elif c.get("std") is None or c.get("n") == 1:  # (old grid.json files wrote std 0.0 for one seed)
                 cells.append(f"{c['mean']:.2f} (1 seed)")
             elif c.get("ci_low") is None:  # a grid.json of before the intervals
                 cells.append(f"{c['mean']:.2f} ± {c['std']:.2f} ({c['n']})")

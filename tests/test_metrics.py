@@ -89,7 +89,8 @@ def test_todays_loop_file_reads_as_version_1_and_upgrades(loop_file, tmp_path):
 def test_bad_results_files_are_refused_naming_the_file(loop_file, tmp_path):
     good = json.loads(loop_file[0].read_text())
     cases = [({**good, "schema_version": "cl-peft-result/9"}, "unknown schema_version 'cl-peft-result/9'"),
-             ({k: v for k, v in good.items() if k not in ("seed", "status")}, r"missing required field\(s\) \['seed', 'status'\]"),
+             ({k: v for k, v in good.items() if k not in ("seed", "status")},
+              r"missing required field\(s\) \['seed', 'status'\]"),
              ({**good, "acuracy": 1}, r"unknown field\(s\) \['acuracy'\]"),
              ({**good, "seed": "3"}, "field 'seed' must be int, got str"),
              ({**good, "trainable_params": True}, "field 'trainable_params' must be int"),

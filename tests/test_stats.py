@@ -115,6 +115,8 @@ def test_grid_summary_uses_the_stats_function():
     assert "52.00 (1 seed)" in txt and "± 0.00" not in txt
     old = {"b": {"m": {"average_accuracy": {"mean": 1.0, "std": 0.5, "n": 2}}}}  # grid.json of before the intervals
     assert "1.00 ± 0.50 (2)" in format_summary(old)
+    old["b"]["m"]["average_accuracy"].update(std=0.0, n=1)
+    assert "1.00 (1 seed)" in format_summary(old)
 
 
 def _result(seed, final_row, params=1234):
