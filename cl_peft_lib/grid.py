@@ -28,7 +28,6 @@ import datetime as _dt
 import json
 import os
 import queue
-import statistics
 import subprocess
 import sys
 import threading
@@ -193,34 +192,49 @@ def _tail(path: Path, lines: int = 6) -> str:
 
 
 def summarize_grid(runs: Sequence[GridRun]) -> dict[str, dict[str, dict[str, Any]]]:
-    """``{benchmark: {method: {metric: {"mean", "std", "n"}, "seeds": [...]}}}`` over complete runs.
+    """``{benchmark: {method: {"seeds": [...], "n": k, metric: {...}}}}`` over complete runs.
 
-    ``std`` is the sample standard deviation over seeds (0 with one seed).
+    Each metric cell is :meth:`cl_peft_lib.stats.Summary.to_dict` of its per-seed values:
+    ``mean``, ``std`` (sample, ``ddof=1``; ``None`` with one seed), ``n``, the 95% Student-t
+    interval ``ci_low`` / ``ci_high`` (``None`` with one seed), ``ci_level``, and ``values``
+    with their ``seeds``; ``None`` when no complete run has the metric.
     """
+    from .stats import describe
+
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for b in dict.fromkeys(r.benchmark for r in runs):
         for m in dict.fromkeys(r.method for r in runs):
             done = [r for r in runs if r.benchmark == b and r.method == m and r.status == "complete" and r.metrics]
             cell: dict[str, Any] = {"seeds": [r.seed for r in done], "n": len(done)}
             for k in SUMMARY_METRICS:
-                vals = [float(r.metrics[k]) for r in done if r.metrics.get(k) is not None]
-                cell[k] = ({"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-                            "n": len(vals)} if vals else None)
+                vals = {r.seed: float(r.metrics[k]) for r in done if r.metrics.get(k) is not None}
+                cell[k] = describe(vals).to_dict() if vals else None
             out.setdefault(b, {})[m] = cell
     return out
 
 
 def format_summary(summary: dict[str, dict[str, dict[str, Any]]], metric: str = "average_accuracy") -> str:
-    """A plain-text table: rows methods, columns benchmarks, cells ``mean ± std (n)``."""
+    """A plain-text table: rows methods, columns benchmarks, cells ``mean ± std [95% CI] (n)``.
+
+    A cell of one seed reads ``mean (1 seed)``: its spread is unknown, not zero.
+    """
     benches = list(summary)
     methods = list(dict.fromkeys(m for b in benches for m in summary[b]))
-    w = max([len(b) for b in benches] + [18]) + 2
-    lines = [f"{metric} (%), mean ± std over seeds", "method".ljust(16) + "".join(b.rjust(w) for b in benches)]
+    w = max([len(b) for b in benches] + [30]) + 2
+    lines = [f"{metric} (%), mean ± sample std [95% t interval] (seeds)",
+             "method".ljust(16) + "".join(b.rjust(w) for b in benches)]
     for m in methods:
         cells = []
         for b in benches:
             c = summary[b].get(m, {}).get(metric)
-            cells.append(f"{c['mean']:.2f} ± {c['std']:.2f} ({c['n']})" if c else "-")
+            if not c:
+                cells.append("-")
+            elif c.get("std") is None or c.get("n") == 1:  # (old grid.json files wrote std 0.0 for one seed)
+                cells.append(f"{c['mean']:.2f} (1 seed)")
+            elif c.get("ci_low") is None:  # a grid.json of before the intervals
+                cells.append(f"{c['mean']:.2f} ± {c['std']:.2f} ({c['n']})")
+            else:
+                cells.append(f"{c['mean']:.2f} ± {c['std']:.2f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}] ({c['n']})")
         lines.append(m.ljust(16) + "".join(x.rjust(w) for x in cells))
     return "\n".join(lines)
 

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .metrics import as_matrix, summarize
+from .stats import Summary, describe, format_ci
 
 
 def _ax(ax, figsize=(4.2, 3.4)):
@@ -43,7 +44,7 @@ def accuracy_matrix_heatmap(R, task_names: Sequence[str] | None = None, ax=None,
 
 def average_accuracy_curves(runs: dict[str, Sequence[Sequence[Sequence[float]]]], ax=None, chance: float | None = None,
                             title: str | None = None):
-    """Average accuracy over seen tasks after each task, mean ± std over seeds, one line per method.
+    """Average accuracy over seen tasks after each task, mean ± sample std over seeds, one line per method.
 
     Args:
         runs: method name -> list (over seeds) of accuracy matrices.
@@ -53,9 +54,10 @@ def average_accuracy_curves(runs: dict[str, Sequence[Sequence[Sequence[float]]]]
     for name, mats in runs.items():
         curves = np.array([[np.mean(as_matrix(R)[t, : t + 1]) for t in range(len(R))] for R in mats])
         x = np.arange(1, curves.shape[1] + 1)
-        mu, sd = curves.mean(0), curves.std(0)
+        mu = curves.mean(0)
         ax.plot(x, mu, marker="o", label=name)
-        if len(mats) > 1:
+        if len(mats) > 1:  # band: ± the sample std of :func:`cl_peft_lib.stats.describe`
+            sd = np.array([describe(curves[:, j]).std for j in range(curves.shape[1])])
             ax.fill_between(x, mu - sd, mu + sd, alpha=0.2)
     if chance is not None:
         ax.axhline(chance, ls="--", c="grey", lw=1, label="chance (final)")
@@ -111,21 +113,44 @@ def sample_grid(scenario, per_task: int = 8, seed: int = 0):
     return fig
 
 
-def aggregate(results: Sequence[dict[str, Any]]) -> dict[str, tuple[float, float]]:
-    """Mean and std over seeds of each metric of :func:`cl_peft_lib.metrics.summarize`."""
+def aggregate_stats(results: Sequence[dict[str, Any]]) -> dict[str, Summary]:
+    """Per metric of :func:`cl_peft_lib.metrics.summarize`, its :class:`~cl_peft_lib.stats.Summary` over the runs.
+
+    Values are keyed by each run's ``seed`` when every run has a distinct one (so that
+    :func:`cl_peft_lib.stats.paired` can match two methods by seed).
+    """
+    if not results:
+        raise ValueError("no runs to aggregate")
     ms = [summarize(r["accuracy_matrix"]) for r in results]
-    return {k: (float(np.mean([m[k] for m in ms])), float(np.std([m[k] for m in ms]))) for k in ms[0]}
+    seeds = [r.get("seed") for r in results]
+    keyed = None not in seeds and len(set(seeds)) == len(seeds)
+    return {k: describe([m[k] for m in ms], seeds=seeds if keyed else None) for k in ms[0]}
 
 
-def summary_table(rows: dict[str, Sequence[dict[str, Any]]], extra: dict[str, dict[str, Any]] | None = None) -> str:
-    """A Markdown table: method -> final average accuracy, forgetting (mean ± std over seeds), params."""
+def aggregate(results: Sequence[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """``(mean, sample std)`` over seeds of each metric of :func:`cl_peft_lib.metrics.summarize`, for error bars.
+
+    The standard deviation is :func:`cl_peft_lib.stats.describe`'s (``ddof=1``); with one run
+    it is undefined and returned as 0.0 so that an error bar simply is not drawn. Tables use
+    :func:`aggregate_stats` and :func:`cl_peft_lib.stats.format_ci`, which say "(1 seed)" instead.
+    """
+    return {k: (s.mean, s.std if s.std is not None else 0.0) for k, s in aggregate_stats(results).items()}
+
+
+def summary_table(rows: dict[str, Sequence[dict[str, Any]]], extra: dict[str, dict[str, Any]] | None = None,
+                  ci: bool = True) -> str:
+    """A Markdown table: method -> final average accuracy, forgetting, trainable params.
+
+    Cells are ``mean ± sample std [95% t interval]`` over seeds (``ci=False``: without the
+    interval), or ``mean (1 seed)`` for a single run (:func:`cl_peft_lib.stats.format_ci`).
+    """
     head = "| method | seeds | avg. accuracy (%) | forgetting (%) | trainable params |" + "".join(
         f" {k} |" for k in next(iter((extra or {}).values()), {}))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, res in rows.items():
-        a = aggregate(res)
-        cells = [name, str(len(res)), f"{a['average_accuracy'][0]:.1f} ± {a['average_accuracy'][1]:.1f}",
-                 f"{a['forgetting'][0]:.1f} ± {a['forgetting'][1]:.1f}", f"{res[0]['trainable_params']:,}"]
+        a = aggregate_stats(res)
+        cells = [name, str(len(res)), format_ci(a["average_accuracy"], ci=ci), format_ci(a["forgetting"], ci=ci),
+                 f"{res[0]['trainable_params']:,}"]
         cells += [str(v) for v in (extra or {}).get(name, {}).values()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -5,6 +6,7 @@ import pytest
 
 from cl_peft_lib.metrics import (as_matrix, average_accuracy, average_incremental_accuracy, backward_transfer,
                                  forgetting, format_matrix, summarize)
+from cl_peft_lib.results import SCHEMA_VERSION, ResultSchemaError, RunResult, load_result
 
 # Hand-computed example: 3 tasks.
 R = [[90.0],
@@ -50,3 +52,65 @@ def test_format_matrix():
     txt = format_matrix(R, ["a", "b", "c"])
     assert "85.0" in txt and txt.count("\n") == 3
     assert math.isnan(as_matrix(R)[0, 2]) and not np.isnan(as_matrix(R)[2, 0])
+
+
+# --------------------------------------------------------------------------- the results.json schema
+@pytest.fixture(scope="module")
+def loop_file(tmp_path_factory):
+    """A results.json exactly as the loop writes it today (NCM on the toy scenario: no training)."""
+    from conftest import make_toy_scenario
+
+    from cl_peft_lib.backbones import create_backbone
+    from cl_peft_lib.loop import RunConfig, run_continual
+
+    out = tmp_path_factory.mktemp("run")
+    sc = make_toy_scenario("class", num_tasks=2, per_class=6)
+    cfg = RunConfig("ncm", sc.name, "smoke", seed=3, device="cpu", out_dir=str(out), backbone="test_vit_micro",
+                    progress=False)
+    res = run_continual(cfg, scenario=sc, backbone=create_backbone("test_vit_micro"))
+    return out / "results.json", res
+
+
+def test_todays_loop_file_reads_as_version_1_and_upgrades(loop_file, tmp_path):
+    path, res = loop_file
+    on_disk = json.loads(path.read_text())
+    assert "schema_version" not in on_disk  # the loop does not write the schema yet: version 1
+    r = load_result(path)
+    assert (r.schema_version, r.store_key, r.method, r.seed, r.status) == (SCHEMA_VERSION, None, "ncm", 3, "complete")
+    assert r.accuracy_matrix == res["accuracy_matrix"] and r.metrics == res["metrics"]
+    d = r.to_dict()
+    assert d["schema_version"] == SCHEMA_VERSION and {k: v for k, v in d.items() if k != "schema_version"} == on_disk
+    r.store_key = "offline/toy-cil/ncm/seed3"
+    r.save(tmp_path / "results.json")
+    again = load_result(tmp_path / "results.json")
+    assert again == r and again.to_dict() == r.to_dict()  # round trip
+
+
+def test_bad_results_files_are_refused_naming_the_file(loop_file, tmp_path):
+    good = json.loads(loop_file[0].read_text())
+    cases = [({**good, "schema_version": "cl-peft-result/9"}, "unknown schema_version 'cl-peft-result/9'"),
+             ({k: v for k, v in good.items() if k not in ("seed", "status")},
+              r"missing required field\(s\) \['seed', 'status'\]"),
+             ({**good, "acuracy": 1}, r"unknown field\(s\) \['acuracy'\]"),
+             ({**good, "seed": "3"}, "field 'seed' must be int, got str"),
+             ({**good, "trainable_params": True}, "field 'trainable_params' must be int"),
+             ({**good, "status": "done"}, "status 'done' is not one of"),
+             ({k: v for k, v in good.items() if k != "metrics"}, "a complete run needs metrics"),
+             ({**good, "status": "failed"}, "a failed run needs its error"),
+             ({**good, "accuracy_matrix": [[1.0], [2.0]]}, "accuracy_matrix row 1"),
+             ([good], "holds a JSON object, got list")]
+    for i, (d, msg) in enumerate(cases):
+        p = tmp_path / f"bad{i}.json"
+        p.write_text(json.dumps(d))
+        with pytest.raises(ResultSchemaError, match=msg) as e:
+            load_result(p)
+        assert str(p) in str(e.value), e.value
+    p = tmp_path / "truncated.json"
+    p.write_text(loop_file[0].read_text()[:50])
+    with pytest.raises(ResultSchemaError, match="cannot read a results file .*JSONDecodeError") as e:
+        load_result(p)
+    assert str(p) in str(e.value)
+    with pytest.raises(ResultSchemaError, match="cannot read"):
+        load_result(tmp_path / "missing.json")
+    failed = RunResult.from_dict({**good, "status": "failed", "error": "RuntimeError: x"})
+    assert failed.to_dict()["error"] == "RuntimeError: x" and "resumed_from_task" not in failed.to_dict()
