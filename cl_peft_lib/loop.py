@@ -37,6 +37,7 @@ from .evaluation import DEFAULT_EVAL, EvalConfig
 from .methods import ContinualMethod, MethodConfig, TaskContext, get_method_class
 from .metrics import summarize
 from .profiles import Profile, get_profile
+from .results import SCHEMA_VERSION, RunResult
 from .store import backbone_override, eval_path, run_key
 from .utils import amp_dtype, atomic_torch_save, atomic_write_json, autocast, provenance, resolve_device, seed_everything
 
@@ -362,7 +363,7 @@ class Runner:
         r, cfg = self, self.cfg
         s, m = r.scenario, r.method
         result: dict[str, Any] = {
-            "method": cfg.method, "benchmark": s.name, "scenario": s.kind, "profile": r.profile.name,
+            "schema_version": SCHEMA_VERSION, "method": cfg.method, "benchmark": s.name, "scenario": s.kind, "profile": r.profile.name,
             "seed": cfg.seed, "config": r.mcfg.to_dict(), "run": asdict(cfg),
             "provenance": provenance(r.device, backbone=r.backbone.cl_tag, datasets=",".join(s.datasets)),
             "task_names": [t.name for t in s.tasks], "class_order": s.class_order,
@@ -418,12 +419,12 @@ class Runner:
                                        "results": {k: result[k] for k in ("accuracy_matrix", "task_id_accuracy",
                                                                           "wall_time_s", "train_logs")}},
                                       r._ckpt_path())
-                    atomic_write_json(results_path, result)
+                    RunResult.from_dict(result, source=results_path).save(results_path)
         except Exception as e:
             result["status"] = "failed"
             result["error"] = f"{type(e).__name__}: {e}"
             if results_path:
-                atomic_write_json(results_path, result)
+                RunResult.from_dict(result, source=results_path).save(results_path)
             raise
         result["metrics"] = summarize(result["accuracy_matrix"])
         result["extra"] = m.extra_metrics()  # (before the validation pass below adds to selection counts)
@@ -433,7 +434,7 @@ class Runner:
             result["validation"] = {"accuracy": val, "average_accuracy": sum(val) / len(val)}
         result["status"] = "complete"
         if results_path:
-            atomic_write_json(results_path, result)
+            RunResult.from_dict(result, source=results_path).save(results_path)
         return result
 
 

@@ -47,7 +47,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "wall_time_s": (list,), "train_logs": (list,), "trainable_params": (int,), "status": (str,),
     "metrics": (dict, type(None)), "extra": (dict, type(None)), "error": (str, type(None)),
     "resumed_from_task": (int, type(None)), "distributed": (dict, type(None)), "store_key": (str, type(None)),
-    "schema_version": (str,),
+    "fingerprint": (str, type(None)), "validation": (dict, type(None)), "schema_version": (str,),
 }
 
 
@@ -78,6 +78,10 @@ class RunResult:
         resumed_from_task: the checkpoint's last task when the run resumed.
         distributed: world size and backend of a ``torchrun`` run.
         store_key: the run store's key of this run (set by the store).
+        fingerprint: hash of the run's identity (method, config, benchmark, profile, seed, backbone
+            weights, data); a re-run that finds a complete result with the same fingerprint does nothing.
+        validation: ``{"accuracy": [...], "average_accuracy": x}``: the last model on each task's
+            validation split (what model selection reads), when the benchmark has one.
         schema_version: :data:`SCHEMA_VERSION`.
     """
 
@@ -103,6 +107,8 @@ class RunResult:
     resumed_from_task: int | None = None
     distributed: dict[str, Any] | None = None
     store_key: str | None = None
+    fingerprint: str | None = None
+    validation: dict[str, Any] | None = None
     schema_version: str = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
