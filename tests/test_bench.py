@@ -208,3 +208,20 @@ def test_entry_point_show_markdown_is_the_report(bench):
     res = json.loads(path.read_text())
     assert out == format_markdown(res) + "\n"
     assert "| `lora` | 256 |" in out
+
+
+def test_chapter_tables_come_from_the_report():
+    """Chapter 7's tables (cl_peft_lib.bench_report): one row per measured config, values from the JSON."""
+    from cl_peft_lib.bench_report import configs_markdown, e2e_lines, targets_markdown
+
+    res = json.loads((ROOT / "benchmarks" / "results_h200.json").read_text())
+    ok = [c for c in res["configs"] if c.get("status") == "ok"]
+    rows = configs_markdown(res).splitlines()[2:]
+    assert len(rows) == len(ok)
+    c = ok[0]
+    assert rows[0].startswith(f"| {c['name']} | {c['batch_size']} | no | {c['train_img_s']:,.0f} | "
+                              f"{c['train_ratio_ref_full_ft']:.2f} |")
+    assert len(configs_markdown(res, bs=128).splitlines()) - 2 == sum(c["batch_size"] == 128 for c in ok)
+    t = targets_markdown(res).splitlines()[2:]
+    assert [r.split(" | ")[0][2:] for r in t] == [x["name"] for x in res["targets"]]
+    assert len(e2e_lines(res)) == len(res["e2e"]) and all(x.startswith("end-to-end ") for x in e2e_lines(res))
