@@ -148,8 +148,6 @@ def optimizer_step(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, los
     """The loop's update: backward (scaled for fp16), ``reduce_grads`` (the loop's: average over
     ranks, stop on a non-finite loss), clipping, optimizer and scheduler step. Returns the
     (reduced) loss.
-
-    The benchmark suite times exactly this function.
     """
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -165,11 +163,49 @@ def optimizer_step(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, los
     return loss
 
 
+# ---------------------------------------------------------------- one optimisation step (shared hook)
+def train_step(method: ContinualMethod, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler, params: list[torch.nn.Parameter], cfg: MethodConfig,
+               device: torch.device, sched=None, where: str = "") -> dict[str, float]:
+    """One optimisation step of :meth:`Runner.train_task`: ``observe`` under autocast, then
+    :func:`optimizer_step`, whose gradient hook averages gradients and loss over ranks and stops
+    on a non-finite loss after backward, before the optimizer steps.
+
+    The benchmark suite (``benchmarks/clbench``) times exactly this function.
+
+    Args:
+        where: appended to the error message, e.g. ``" at task 1, epoch 0, step 3"``.
+
+    Returns:
+        ``{"loss": float(reduced loss), **logs of observe}`` (``float`` synchronises with the device).
+
+    Raises:
+        NonFiniteLossError: the (reduced) loss is NaN or infinite; no parameter was updated.
+    """
+    with autocast(device):
+        loss, logs = method.observe(x, y)
+
+    def reduce_and_check(loss: torch.Tensor) -> torch.Tensor:
+        loss = D.average_gradients(params, loss)  # identity in one process; all ranks see the same mean
+        if not torch.isfinite(loss):
+            world = D.world_size()
+            ranks = f" (mean over {world} ranks)" if world > 1 else ""
+            raise NonFiniteLossError(f"loss became {loss.item()}{where}{ranks}; lower the learning rate "
+                                     f"(e.g. --opt lr={cfg.lr / 10:g}) or check the data")
+        return loss
+
+    loss = optimizer_step(opt, scaler, loss, params, cfg.grad_clip, sched, reduce_and_check)
+    return {"loss": float(loss.detach()), **logs}
+# ---------------------------------------------------------------- end of the shared hook
+
+
 class Runner:
     """Holds what one run needs: scenario, method, device and preprocessing.
 
     Most users call :func:`run_continual`; notebooks that want to look inside a
-    method between tasks use the runner's pieces.
+    method between tasks use the runner's pieces. Every batch of a run (training,
+    ``end_task`` and evaluation) comes from :meth:`model_batches`: a subclass may
+    override it to instrument the input pipeline (the benchmark suite times it so).
     """
 
     def __init__(self, cfg: RunConfig, scenario: Scenario | None = None, backbone: torch.nn.Module | None = None) -> None:
@@ -237,29 +273,14 @@ class Runner:
         last = {}
         bar = tqdm(total=steps * cfg.epochs, desc=f"task {t}", disable=not self.cfg.progress or not D.is_main(),
                    leave=False)
-        epoch = step = 0
-
-        def reduce_and_check(loss: torch.Tensor) -> torch.Tensor:
-            """Average gradients and loss over ranks (identity in one process), then stop on a non-finite
-            loss before the optimizer steps; all ranks see the same mean, so they raise together."""
-            loss = D.average_gradients(params, loss)
-            if not torch.isfinite(loss):
-                ranks = f" (mean over {world} ranks)" if world > 1 else ""
-                raise NonFiniteLossError(
-                    f"loss became {loss.item()} at task {t}, epoch {epoch}, step {step}{ranks}; "
-                    f"lower the learning rate (e.g. --opt lr={cfg.lr / 10:g}) or check the data")
-            return loss
-
         try:
             for epoch in range(cfg.epochs):
                 seed = self.cfg.seed * 1_000_003 + t * 1009
                 g = torch.Generator().manual_seed(seed + epoch)
                 shard = D.Shard(D.rank(), world, seed, epoch) if world > 1 else None
                 for step, (x, y) in enumerate(self.model_batches(ds, bs, True, g, shard)):
-                    with autocast(self.device):
-                        loss, logs = m.observe(x, y)
-                    loss = optimizer_step(opt, scaler, loss, params, cfg.grad_clip, sched, reduce_and_check)
-                    last = {"loss": float(loss.detach()), **logs}
+                    last = train_step(m, x, y, opt, scaler, params, cfg, self.device, sched,
+                                      f" at task {t}, epoch {epoch}, step {step}")
                     bar.update(1)
                     bar.set_postfix(loss=f"{last['loss']:.3f}")
                     if step_callback is not None:

@@ -1,0 +1,158 @@
+"""The driver of one benchmark run: every configuration in turn (budget, errors kept), the ratios,
+the targets, and :func:`run_benchmark`, the core that the command line and the tests call.
+
+Chapter: ``notebooks/07_efficiency.ipynb`` (it reads the JSON this writes).
+"""
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from typing import Callable
+
+from cl_peft_lib.bench_report import format_table
+from cl_peft_lib.methods import METHODS
+
+from . import e2e, micro, references
+from .core import Bench
+from .settings import REFERENCES, Settings
+from .targets import compute_targets
+
+
+def run_config(b: Bench, what: str, fn: Callable[[], dict], key: dict, reserve: float = 0.0) -> None:
+    """Run one configuration ``fn`` unless the budget is spent; an exception becomes an ``error`` record.
+    The record replaces an earlier one of the same key (name, batch size, compile, fused); the JSON is saved."""
+    label = f"{key['name']} bs={key['batch_size']}" + (" compiled" if key.get("compile") else "") + \
+            (" fused" if key.get("fused_optimizer") else "")
+    if b.over_budget(reserve):
+        rec = dict(key, status="skipped", note=f"time budget ({b.s.budget_s:.0f} s) spent before this config")
+        b.log(f"[skip] {label}: over the time budget")
+    else:
+        t0 = time.perf_counter()
+        try:
+            rec = fn()
+        except Exception as e:  # noqa: BLE001 - one failing method must not lose the others
+            rec = dict(key, status="error", error=f"{type(e).__name__}: {e}",
+                       traceback=traceback.format_exc()[-3000:])
+            b.log(f"[error] {label}: {type(e).__name__}: {str(e)[:300]}")
+        b.free()  # (after the except block: its traceback no longer holds the failed config's tensors)
+        rec["wall_s"] = round(time.perf_counter() - t0, 2)
+        if rec["status"] == "ok":
+            inf = rec.get("infer_img_s", {}).get("inference_mode")
+            fl, ms = rec.get("flops_train_step"), rec.get("train_step_ms")
+            tf = f"{fl / ms / 1e9:.1f} TFLOP/s" if fl and ms else "-"
+            b.log(f"[{what}] {label}: train {rec.get('train_img_s') or 0:.1f} img/s ({tf}), "
+                  f"infer {inf or 0:.1f} img/s, {rec['wall_s']:.1f} s (t={b.elapsed():.0f} s)")
+    ident = ("name", "batch_size", "compile", "fused_optimizer")
+    b.results["configs"] = [c for c in b.results["configs"]
+                            if tuple(bool(c.get(k)) if k in ident[2:] else c.get(k) for k in ident)
+                            != tuple(bool(rec.get(k)) if k in ident[2:] else rec.get(k) for k in ident)]
+    b.results["configs"].append(rec)
+    b.save()
+
+
+def run_micro(b: Bench) -> None:
+    """Ceiling, FLOP sanity, then every reference, method and variant at every batch size; ratios and targets."""
+    s = b.s
+    b.ceiling()
+    b.flop_sanity(s.shapes["class"][0])
+    wanted = list(dict.fromkeys(s.methods))
+    present = [n for n in wanted if n in METHODS]
+    b.results["skipped"] = [k for k in b.results.get("skipped", []) if k["method"] not in wanted]
+    for n in wanted:
+        if n not in METHODS:
+            b.results["skipped"].append({"method": n, "reason": "not registered in cl_peft_lib.methods.METHODS "
+                                         "at run time (being written); rerun when it lands"})
+            b.log(f"[skip] {n}: not registered")
+
+    def key(n, bs, compiled=False, fused=False):
+        return {"name": n, "method": n, "batch_size": bs, "compile": compiled, "fused_optimizer": fused}
+    for bs in ([] if s.compile_only else s.batch_sizes):
+        if s.references:
+            for r in REFERENCES:
+                run_config(b, "ref", lambda r=r, bs=bs: references.bench_reference(b, r, bs), key(r, bs))
+        for n in present:
+            run_config(b, "method", lambda n=n, bs=bs: micro.bench_method(b, n, bs), key(n, bs))
+        for n in s.fused_methods:
+            if n in present:
+                run_config(b, "fused", lambda n=n, bs=bs: micro.bench_method(b, n, bs, fused=True),
+                           key(n, bs, fused=True))
+    if s.compile or s.compile_only:
+        for bs in (s.compile_batch_sizes or s.batch_sizes[:1]):
+            for n in s.compile_methods:
+                if n not in present:
+                    continue
+                reserve = 45.0 if s.mode == "gpu" else 0.0  # a compile of the ViT blocks takes tens of seconds
+                run_config(b, "compiled", lambda n=n, bs=bs: micro.bench_method(b, n, bs, compiled=True),
+                           key(n, bs, compiled=True), reserve=reserve)
+    b.ceiling("end")
+    finish_micro(b)
+
+
+def finish_micro(b: Bench) -> None:
+    """MFU against the final ceiling, ratios to the references and the plain ViT, the targets."""
+    cfgs = b.results["configs"]
+    for c in cfgs:  # against the final ceiling (the higher of start and end)
+        if c.get("status") == "ok" and c.get("flops_train_step"):
+            c["mfu"] = b.mfu(c["flops_train_step"], c.get("train_step_ms"))
+            c["achieved_tflops"] = round(c["flops_train_step"] / (c["train_step_ms"] / 1000) / 1e12, 4)
+    refs = {(c["name"], c["batch_size"]): c for c in cfgs if c.get("kind") == "reference" and c["status"] == "ok"}
+    for c in cfgs:
+        if c["status"] != "ok" or not c.get("train_img_s"):
+            continue
+        for r in REFERENCES:
+            ref = refs.get((r, c["batch_size"]))
+            c[f"train_ratio_{r}"] = round(c["train_img_s"] / ref["train_img_s"], 4) if ref else None
+        ref = refs.get(("ref_full_ft", c["batch_size"]))
+        if ref and c.get("infer_img_s"):
+            pv = ref["infer_img_s"].get("inference_mode")
+            c["infer_ratio_plain_vit"] = {k: round(v / pv, 4) for k, v in c["infer_img_s"].items() if pv}
+    b.results["targets"] = compute_targets(cfgs, max(b.s.batch_sizes) if b.s.batch_sizes else None,
+                                           b.results.get("e2e", []), b.s.mode)
+    b.save()
+
+
+def run_benchmark(settings: Settings, out: str | None = None, log: Callable[[str], None] | None = None,
+                  append_to: dict | None = None) -> dict:
+    """The core: run the micro-benchmarks (unless ``skip_micro``) and the requested e2e runs; return the results.
+
+    Args:
+        settings: what to run.
+        out: JSON path written after every config (None: nothing written).
+        log: progress printer.
+        append_to: an earlier results dict whose configs/e2e entries this run updates (``--append``).
+    """
+    b = Bench(settings, out, log)
+    if append_to:
+        keep = append_to
+        keep["provenance_runs"] = keep.get("provenance_runs", []) + [b.results["provenance"]]
+        b.results, old = keep, b.results
+        b.results["status"] = "running"
+        for k in ("ceiling", "reference_flops"):
+            b.results.setdefault(k, old[k])
+        b.results.setdefault("notes", [])
+        for n in old["notes"]:
+            if n not in b.results["notes"]:
+                b.results["notes"].append(n)
+        b.results.setdefault("configs", [])
+        b.results["e2e"] = [e for e in b.results.get("e2e", []) if e.get("method") not in settings.e2e]
+    try:
+        if not settings.skip_micro:
+            run_micro(b)
+            if settings.e2e:  # the micro table now, in case the end-to-end runs outlast the caller's time limit
+                b.log(format_table(b.results))
+        if settings.e2e:
+            e2e.run_e2e(b)
+        bs = max(settings.batch_sizes) if settings.batch_sizes else None
+        if b.results.get("configs"):
+            bs = max(c["batch_size"] for c in b.results["configs"])
+        b.results["targets"] = compute_targets(b.results.get("configs", []), bs, b.results.get("e2e", []), settings.mode)
+        b.results["status"] = "complete"
+    finally:
+        b.results["wall_s"] = round(b.elapsed(), 1)
+        if hasattr(os, "getloadavg"):
+            b.results["provenance"]["loadavg_end"] = list(os.getloadavg())
+        if b.results["status"] != "complete":
+            b.results["status"] = "incomplete"
+        b.save()
+    return b.results
