@@ -63,18 +63,21 @@ def dynamo_stats() -> dict:
 def merged_variant(m: nn.Module):
     """A context in which ``predict`` uses merged LoRA weights, or None when the method has no such mode.
 
-    Methods with a ``merged_inference`` config field (S-LoRA) switch it on; a method whose backbone is
+    S-LoRA scores under the ``merged_inference`` evaluation setting; a method whose backbone is
     a peft model (plain LoRA) merges its adapter with peft's ``merge_adapter``.
     """
-    if hasattr(m.cfg, "merged_inference"):
+    from cl_peft_lib.evaluation import EvalConfig
+    from cl_peft_lib.methods.lora import SLoRA
+
+    if isinstance(m, SLoRA):
         @contextmanager
         def ctx():
-            old = m.cfg.merged_inference
-            m.cfg.merged_inference = True
+            old = m.eval_cfg
+            m.set_eval(EvalConfig(merged_inference=True))
             try:
                 yield
             finally:
-                m.cfg.merged_inference = old
+                m.set_eval(old)
         return ctx()
     try:
         from peft import PeftModel
