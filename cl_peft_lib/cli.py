@@ -13,24 +13,23 @@ Chapter: ``notebooks/01_continual_learning.ipynb``.
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
 from pathlib import Path
 
+from .options import check_out_dir, parse_opts
 
-def _parse_opt(s: str) -> tuple[str, object]:
-    if "=" not in s:
-        raise argparse.ArgumentTypeError(f"--opt expects KEY=VALUE, got '{s}'")
-    k, v = s.split("=", 1)
-    low = v.lower()
-    if low in ("true", "false"):
-        return k, low == "true"
-    if low in ("none", "null"):
-        return k, None
-    try:
-        return k, ast.literal_eval(v)
-    except (ValueError, SyntaxError):
-        return k, v
+
+def _error(msg: object) -> int:
+    """Print ``error: msg`` once (rank 0 under torchrun) and return the CLI's usage-error code 2."""
+    from .distributed import env_rank
+
+    if env_rank() == 0:  # under torchrun every rank meets the same error; say it once
+        print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _message(e: BaseException) -> object:
+    return e.args[0] if isinstance(e, KeyError) and e.args else e
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--benchmark", required=True)
     r.add_argument("--profile", default=None, help="smoke | offline | paper (default: $CL_PEFT_PROFILE or offline)")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    r.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: $CL_PEFT_DEVICE, else auto)")
     r.add_argument("--backbone", default=None, help="override the profile's backbone")
     r.add_argument("--out", default=None, help="results folder (default runs/<benchmark>/<method>/seed<seed>)")
-    r.add_argument("--opt", type=_parse_opt, action="append", default=[], metavar="KEY=VALUE",
+    r.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method config field, e.g. --opt lr=0.01 --opt top_n=3")
     r.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint (it is overwritten)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -80,19 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"exported to {export_offline_data(a.dest)}; set CL_PEFT_OFFLINE_DATA={a.dest} on the other machine")
         return 0
     if a.cmd == "grid":
-        from .grid import run_grid
-
-        for o in a.opt:
-            if "=" not in o:
-                print(f"error: --opt expects KEY=VALUE, got '{o}'", file=sys.stderr)
-                return 2
-        try:
-            grid = run_grid(a.methods, a.benchmarks, a.seeds, a.profile, a.out, a.gpus, a.workers, a.backbone, a.opt)
-        except (KeyError, ValueError) as e:
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-            print(f"error: {msg}", file=sys.stderr)
-            return 2
-        return 1 if grid["counts"]["failed"] else 0
+        return _grid(a)
 
     from .data.base import DatasetNotFoundError
     from .distributed import env_rank
@@ -101,16 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     from .profiles import get_profile
 
     try:
+        opts = parse_opts(a.opt)
         profile = get_profile(a.profile)
         out = a.out or str(Path("runs") / a.benchmark / a.method / f"seed{a.seed}")
-        cfg = RunConfig(a.method, a.benchmark, profile.name, a.seed, a.device, out, dict(a.opt), a.backbone,
+        check_out_dir(out)  # before training: a file in the way would lose the results at the end
+        cfg = RunConfig(a.method, a.benchmark, profile.name, a.seed, a.device, out, opts, a.backbone,
                         resume=not a.no_resume, progress=not a.quiet)
         res = run_continual(cfg)
     except (KeyError, ValueError, DatasetNotFoundError, FileNotFoundError, CheckpointError, NonFiniteLossError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        if env_rank() == 0:  # under torchrun every rank meets the same error; say it once
-            print(f"error: {msg}", file=sys.stderr)
-        return 2
+        return _error(_message(e))
     if env_rank() != 0:  # under torchrun, rank 0 alone prints the summary
         return 0
     print(f"{res['method']} on {res['benchmark']} ({res['scenario']}-incremental), profile {res['profile']}, "
@@ -125,6 +111,27 @@ def main(argv: list[str] | None = None) -> int:
           f"{m['average_incremental_accuracy']:.2f} | forgetting {m['forgetting']:.2f} | BWT {m['backward_transfer']:.2f}")
     print(f"results: {Path(out) / 'results.json'}")
     return 0
+
+
+def _grid(a: argparse.Namespace) -> int:
+    """``cl-peft grid``: every check that needs no run comes before the first run starts."""
+    from .grid import run_grid
+
+    try:
+        opts = parse_opts(a.opt)
+        if a.workers is not None and a.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {a.workers}")
+        if a.gpus is not None:
+            import torch
+
+            if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+                raise ValueError(f"--gpus {a.gpus}: no CUDA GPU is visible on this machine; leave --gpus out "
+                                 f"(or give --workers N) to run on CPU processes")
+        check_out_dir(a.out)
+        grid = run_grid(a.methods, a.benchmarks, a.seeds, a.profile, a.out, a.gpus, a.workers, a.backbone, opts)
+    except (KeyError, ValueError) as e:
+        return _error(_message(e))
+    return 1 if grid["counts"]["failed"] else 0
 
 
 if __name__ == "__main__":

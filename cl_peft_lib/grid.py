@@ -34,8 +34,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+from .options import format_opts, parse_opts
 from .utils import atomic_write_json
 
 #: Metrics of :func:`cl_peft_lib.metrics.summarize` aggregated over seeds.
@@ -209,7 +210,8 @@ def format_summary(summary: dict[str, dict[str, dict[str, Any]]], metric: str = 
 
 def run_grid(methods: Sequence[str] | str, benchmarks: Sequence[str] | str, seeds: Sequence[int] | str = (0,),
              profile: str | None = None, out: str | Path = "runs/grid", gpus: Sequence[int] | str | None = None,
-             workers: int | None = None, backbone: str | None = None, opts: Sequence[str] = (),
+             workers: int | None = None, backbone: str | None = None,
+             opts: Sequence[str] | Mapping[str, Any] | None = (),
              log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Run (or skip) every method x benchmark x seed; write and return ``<out>/grid.json``.
 
@@ -221,7 +223,8 @@ def run_grid(methods: Sequence[str] | str, benchmarks: Sequence[str] | str, seed
         gpus: GPU indices among the visible ones; default all visible GPUs unless ``workers`` is given.
         workers: parallel CPU processes (used when no GPU is selected).
         backbone: override of the profile's backbone, for every run.
-        opts: ``KEY=VALUE`` method options passed to every run (``cl-peft run --opt``).
+        opts: method options for every run: ``KEY=VALUE`` strings (``cl-peft run --opt``) or a dict;
+            checked against every method's config before anything runs.
         log: where progress lines go (None: silent).
 
     Returns:
@@ -229,8 +232,8 @@ def run_grid(methods: Sequence[str] | str, benchmarks: Sequence[str] | str, seed
         ``status``, ``metrics``, ``error``), ``counts`` and ``summary``.
     """
     from .backbones import BACKBONES
-    from .cli import _parse_opt
     from .data.scenarios import BENCHMARKS
+    from .loop import method_config
     from .methods import METHODS
     from .profiles import get_profile
 
@@ -247,7 +250,10 @@ def run_grid(methods: Sequence[str] | str, benchmarks: Sequence[str] | str, seed
     if not seed_list:
         raise ValueError("no seeds given")
     profile = get_profile(profile).name
-    options = dict(_parse_opt(o) for o in opts)
+    options = parse_opts(opts)
+    for m in methods:  # a bad option fails here, not once per run
+        method_config(m, get_profile(profile), options)
+    opts = format_opts(options)  # what each child gets as --opt; parse_opts gives ``options`` back
     slots = make_slots(gpus, workers)
     runs = plan(methods, benchmarks, seed_list, out)
     say = log or (lambda s: None)
