@@ -71,9 +71,9 @@ def _unpickle(path: Path, keys: Sequence[str] = ()) -> dict:
     try:
         with open(path, "rb") as f:
             d = pickle.load(f, encoding="bytes")
-    except EOFError:
-        raise ValueError(f"{path}: the file is empty or truncated; {fix}") from None
     except Exception as e:  # noqa: BLE001 - any unreadable pickle is refused the same way
+        if isinstance(e, EOFError) or "truncated" in str(e):
+            raise ValueError(f"{path}: the file is empty or truncated ({path.stat().st_size} bytes); {fix}") from None
         raise ValueError(f"{path}: not a readable CIFAR pickle ({type(e).__name__}: {e}); {fix}") from None
     if not isinstance(d, dict):
         raise ValueError(f"{path}: expected a pickled dict, found a {type(d).__name__}; {fix}")
