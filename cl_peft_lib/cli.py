@@ -1,36 +1,39 @@
-"""Command line: ``cl-peft run``, ``cl-peft grid``, ``cl-peft list``, ``cl-peft data export``.
+"""Command line: ``cl-peft run|evaluate|grid|tune|list|data export``.
 
 Examples::
 
     cl-peft run --method l2p --benchmark offline-cil --profile smoke --seed 0
-    cl-peft run --method sprompts --benchmark offline-dil --opt oracle_task_id=true
+    cl-peft evaluate --method sprompts --benchmark offline-dil --eval oracle_task_id=true   # no retraining
     torchrun --nproc_per_node 2 -m cl_peft_lib run --method l2p --benchmark domainnet --profile paper
-    cl-peft grid --methods l2p,dualprompt --benchmarks offline-cil --seeds 0,1,2 --out runs/grid
+    cl-peft grid --methods l2p,dualprompt --benchmarks offline-cil --seeds 0,1,2
+    cl-peft tune --methods l2p,l2l --benchmark offline-cil --profile offline
     cl-peft list
+
+Runs live in the run store (:mod:`cl_peft_lib.store`, root ``--root`` / ``$CL_PEFT_RUNS`` / ``runs``).
 
 Chapter: ``notebooks/01_continual_learning.ipynb``.
 """
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
 from pathlib import Path
 
+from .options import check_out_dir, parse_opts
+from .store import run_dir
 
-def _parse_opt(s: str) -> tuple[str, object]:
-    if "=" not in s:
-        raise argparse.ArgumentTypeError(f"--opt expects KEY=VALUE, got '{s}'")
-    k, v = s.split("=", 1)
-    low = v.lower()
-    if low in ("true", "false"):
-        return k, low == "true"
-    if low in ("none", "null"):
-        return k, None
-    try:
-        return k, ast.literal_eval(v)
-    except (ValueError, SyntaxError):
-        return k, v
+
+def _error(msg: object) -> int:
+    """Print ``error: msg`` once (rank 0 under torchrun) and return the CLI's usage-error code 2."""
+    from .distributed import env_rank
+
+    if env_rank() == 0:  # under torchrun every rank meets the same error; say it once
+        print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _message(e: BaseException) -> object:
+    return e.args[0] if isinstance(e, KeyError) and e.args else e
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,23 +44,47 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--benchmark", required=True)
     r.add_argument("--profile", default=None, help="smoke | offline | paper (default: $CL_PEFT_PROFILE or offline)")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    r.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: $CL_PEFT_DEVICE, else auto)")
     r.add_argument("--backbone", default=None, help="override the profile's backbone")
-    r.add_argument("--out", default=None, help="results folder (default runs/<benchmark>/<method>/seed<seed>)")
-    r.add_argument("--opt", type=_parse_opt, action="append", default=[], metavar="KEY=VALUE",
+    r.add_argument("--root", default=None, help="run store root (default: $CL_PEFT_RUNS or runs)")
+    r.add_argument("--out", default=None, help="results folder (default: the run's folder in the run store, "
+                                                "<root>/<profile>/<benchmark>/<key>/seed<seed>)")
+    r.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method config field, e.g. --opt lr=0.01 --opt top_n=3")
-    r.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint (it is overwritten)")
+    r.add_argument("--no-resume", action="store_true",
+                   help="start from scratch: ignore and overwrite what the folder holds")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    e = sub.add_parser("evaluate", help="score a finished run under other evaluation settings (never retrains)")
+    for flag in ("--method", "--benchmark"):
+        e.add_argument(flag, required=True)
+    for flag, kw in (("--profile", {}), ("--seed", {"type": int, "default": 0}), ("--device", {}),
+                     ("--backbone", {}), ("--root", {}), ("--out", {})):
+        e.add_argument(flag, **({"default": None} | kw))
+    e.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="the run's method options")
+    e.add_argument("--eval", action="append", default=[], metavar="KEY=VALUE",
+                   help="evaluation setting: split=val, mask_unseen, oracle_task_id, merged_inference, "
+                        "batchwise_selection (e.g. --eval oracle_task_id=true)")
     g = sub.add_parser("grid", help="run methods x benchmarks x seeds, spread over GPUs or CPU processes")
     g.add_argument("--methods", required=True, help="comma-separated, e.g. l2p,dualprompt")
     g.add_argument("--benchmarks", required=True, help="comma-separated, e.g. offline-cil,offline-dil")
     g.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1,2")
     g.add_argument("--profile", default=None, help="smoke | offline | paper (default: $CL_PEFT_PROFILE or offline)")
-    g.add_argument("--out", default="runs/grid", help="grid folder (runs in <out>/<benchmark>/<method>/seed<seed>)")
+    g.add_argument("--root", default=None, help="run store root (default: $CL_PEFT_RUNS or runs)")
+    g.add_argument("--summary", default=None, help="grid summary JSON (default <root>/<profile>/grids/<key>.json)")
     g.add_argument("--gpus", default=None, help="GPU indices among the visible ones (default: all visible)")
     g.add_argument("--workers", type=int, default=None, help="parallel CPU processes (when no GPU is used)")
     g.add_argument("--backbone", default=None, help="override the profile's backbone")
     g.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="method option for every run")
+    t = sub.add_parser("tune", help="select each method's settings on validation data, equal budgets")
+    t.add_argument("--methods", required=True, help="comma-separated, e.g. l2p,l2l")
+    t.add_argument("--benchmark", required=True)
+    t.add_argument("--profile", default=None, help="smoke | offline | paper (default: $CL_PEFT_PROFILE or offline)")
+    t.add_argument("--seeds", default=None, help="tuning seeds, comma-separated (default: cl_peft_lib.tuning.TUNE_SEEDS)")
+    t.add_argument("--root", default=None, help="run store root (default: $CL_PEFT_RUNS or runs)")
+    t.add_argument("--gpus", default=None, help="GPU indices among the visible ones")
+    t.add_argument("--workers", type=int, default=None, help="parallel CPU processes (when no GPU is used)")
+    t.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="option added to every configuration (e.g. epochs=1 for a quick look)")
     sub.add_parser("list", help="list methods, benchmarks, profiles and backbones")
     d = sub.add_parser("data", help="offline data utilities")
     d.add_argument("action", choices=["export"])
@@ -80,19 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"exported to {export_offline_data(a.dest)}; set CL_PEFT_OFFLINE_DATA={a.dest} on the other machine")
         return 0
     if a.cmd == "grid":
-        from .grid import run_grid
-
-        for o in a.opt:
-            if "=" not in o:
-                print(f"error: --opt expects KEY=VALUE, got '{o}'", file=sys.stderr)
-                return 2
-        try:
-            grid = run_grid(a.methods, a.benchmarks, a.seeds, a.profile, a.out, a.gpus, a.workers, a.backbone, a.opt)
-        except (KeyError, ValueError) as e:
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-            print(f"error: {msg}", file=sys.stderr)
-            return 2
-        return 1 if grid["counts"]["failed"] else 0
+        return _grid(a)
+    if a.cmd == "tune":
+        return _tune(a)
+    if a.cmd == "evaluate":
+        return _evaluate(a)
 
     from .data.base import DatasetNotFoundError
     from .distributed import env_rank
@@ -101,16 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     from .profiles import get_profile
 
     try:
+        opts = parse_opts(a.opt)
         profile = get_profile(a.profile)
-        out = a.out or str(Path("runs") / a.benchmark / a.method / f"seed{a.seed}")
-        cfg = RunConfig(a.method, a.benchmark, profile.name, a.seed, a.device, out, dict(a.opt), a.backbone,
+        out = a.out or str(run_dir(profile.name, a.benchmark, a.method, a.seed, opts, a.backbone, a.root))
+        check_out_dir(out)  # before training: a file in the way would lose the results at the end
+        cfg = RunConfig(a.method, a.benchmark, profile.name, a.seed, a.device, out, opts, a.backbone,
                         resume=not a.no_resume, progress=not a.quiet)
         res = run_continual(cfg)
     except (KeyError, ValueError, DatasetNotFoundError, FileNotFoundError, CheckpointError, NonFiniteLossError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        if env_rank() == 0:  # under torchrun every rank meets the same error; say it once
-            print(f"error: {msg}", file=sys.stderr)
-        return 2
+        return _error(_message(e))
     if env_rank() != 0:  # under torchrun, rank 0 alone prints the summary
         return 0
     print(f"{res['method']} on {res['benchmark']} ({res['scenario']}-incremental), profile {res['profile']}, "
@@ -124,6 +142,70 @@ def main(argv: list[str] | None = None) -> int:
     print(f"average accuracy {m['average_accuracy']:.2f} | average incremental accuracy "
           f"{m['average_incremental_accuracy']:.2f} | forgetting {m['forgetting']:.2f} | BWT {m['backward_transfer']:.2f}")
     print(f"results: {Path(out) / 'results.json'}")
+    return 0
+
+
+def _grid(a: argparse.Namespace) -> int:
+    """``cl-peft grid``: every check that needs no run comes before the first run starts."""
+    from .grid import run_grid
+
+    try:
+        opts = parse_opts(a.opt)
+        if a.workers is not None and a.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {a.workers}")
+        if a.gpus is not None:
+            import torch
+
+            if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+                raise ValueError(f"--gpus {a.gpus}: no CUDA GPU is visible on this machine; leave --gpus out "
+                                 f"(or give --workers N) to run on CPU processes")
+        if a.root:
+            check_out_dir(a.root, "--root")
+        grid = run_grid(a.methods, a.benchmarks, a.seeds, a.profile, a.root, a.gpus, a.workers, a.backbone, opts,
+                        summary=a.summary)
+    except (KeyError, ValueError) as e:
+        return _error(_message(e))
+    return 1 if grid["counts"]["failed"] else 0
+
+
+def _evaluate(a: argparse.Namespace) -> int:
+    """``cl-peft evaluate``: a finished run scored under other evaluation settings, stored beside it."""
+    from .data.base import DatasetNotFoundError
+    from .evaluation import EvalConfig
+    from .loop import CheckpointError, RunConfig, evaluate_run
+    from .profiles import get_profile
+
+    try:
+        opts, settings = parse_opts(a.opt), EvalConfig.from_dict(parse_opts(a.eval))
+        profile = get_profile(a.profile)
+        out = a.out or str(run_dir(profile.name, a.benchmark, a.method, a.seed, opts, a.backbone, a.root))
+        rec = evaluate_run(RunConfig(a.method, a.benchmark, profile.name, a.seed, a.device, out, opts, a.backbone,
+                                     progress=False), settings)
+    except (KeyError, ValueError, DatasetNotFoundError, FileNotFoundError, CheckpointError) as e:
+        return _error(_message(e))
+    print(f"{a.method} on {a.benchmark}, seed {a.seed}, after task {rec['after_task']}, "
+          f"settings {settings.changes() or 'default'}:")
+    print("accuracy per task (%): " + " ".join(f"{v:.1f}" for v in rec["accuracy"]))
+    if rec.get("task_id_accuracy"):
+        print("task-identification accuracy (%): " + " ".join(f"{v:.1f}" for v in rec["task_id_accuracy"]))
+    print(f"average accuracy {rec['average_accuracy']:.2f}")
+    return 0
+
+
+def _tune(a: argparse.Namespace) -> int:
+    """``cl-peft tune``: every check (spaces, budget, options, seeds) before the first run."""
+    from .grid import parse_list
+    from .tuning import TUNE_SEEDS, TuningError, selection_path, tune
+
+    try:
+        seeds = [int(s) for s in parse_list(a.seeds)] if a.seeds else list(TUNE_SEEDS)
+        sels = tune(parse_list(a.methods), a.benchmark, a.profile, seeds, root=a.root,
+                    base_options=parse_opts(a.opt), gpus=a.gpus, workers=a.workers)
+    except (KeyError, ValueError, TuningError) as e:
+        return _error(_message(e))
+    for m, s in sels.items():
+        print(f"{m}: selected {s['selected']} (validation A_T {s['selected_val_average_accuracy']:.2f}) -> "
+              f"{selection_path(s['profile'], a.benchmark, m, a.root)}")
     return 0
 
 

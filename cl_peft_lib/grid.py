@@ -35,8 +35,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+from .options import format_opts, parse_opts
 from .store import canonical_json, run_dir, store_root
 from .utils import atomic_write_json
 
@@ -241,7 +242,8 @@ def format_summary(summary: dict[str, dict[str, dict[str, Any]]], metric: str = 
 
 def run_grid(methods: Sequence[str] | str, benchmarks: Sequence[str] | str, seeds: Sequence[int] | str = (0,),
              profile: str | None = None, root: str | Path | None = None, gpus: Sequence[int] | str | None = None,
-             workers: int | None = None, backbone: str | None = None, opts: Sequence[str] = (),
+             workers: int | None = None, backbone: str | None = None,
+             opts: Sequence[str] | Mapping[str, Any] | None = (),
              log: Callable[[str], None] | None = print, summary: str | Path | None = None) -> dict[str, Any]:
     """Run (or skip) every method x benchmark x seed in the run store; write and return the grid summary.
 
@@ -253,7 +255,8 @@ def run_grid(methods: Sequence[str] | str, benchmarks: Sequence[str] | str, seed
         gpus: GPU indices among the visible ones; default all visible GPUs unless ``workers`` is given.
         workers: parallel CPU processes (used when no GPU is selected).
         backbone: override of the profile's backbone, for every run.
-        opts: ``KEY=VALUE`` method options passed to every run (``cl-peft run --opt``).
+        opts: method options for every run: ``KEY=VALUE`` strings (``cl-peft run --opt``) or a dict;
+            checked against every method's config before anything runs.
         log: where progress lines go (None: silent).
         summary: where the summary JSON goes (default :func:`summary_path`).
 
@@ -262,8 +265,8 @@ def run_grid(methods: Sequence[str] | str, benchmarks: Sequence[str] | str, seed
         ``status``, ``metrics``, ``error``), ``counts`` and ``summary``.
     """
     from .backbones import BACKBONES
-    from .cli import _parse_opt
     from .data.scenarios import BENCHMARKS
+    from .loop import method_config
     from .methods import METHODS
     from .profiles import get_profile
 
@@ -280,7 +283,10 @@ def run_grid(methods: Sequence[str] | str, benchmarks: Sequence[str] | str, seed
     if not seed_list:
         raise ValueError("no seeds given")
     profile = get_profile(profile).name
-    options = dict(_parse_opt(o) for o in opts)
+    options = parse_opts(opts)
+    for m in methods:  # a bad option fails here, not once per run
+        method_config(m, get_profile(profile), options)
+    opts = format_opts(options)  # what each child gets as --opt; parse_opts gives ``options`` back
     slots = make_slots(gpus, workers)
     runs = plan(methods, benchmarks, seed_list, profile, options, backbone, root)
     say = log or (lambda s: None)

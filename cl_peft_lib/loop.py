@@ -29,13 +29,14 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import distributed as D
-from .backbones import create_backbone, state_fingerprint
+from .backbones import backbone_spec, create_backbone, state_fingerprint
 from .data.base import ConcatImageDataset, has_fast_batches
-from .data.scenarios import Scenario, build_benchmark
+from .data.scenarios import BENCHMARKS, Scenario, build_benchmark
 from .data.transforms import to_model_input
 from .evaluation import DEFAULT_EVAL, EvalConfig
 from .methods import ContinualMethod, MethodConfig, TaskContext, get_method_class
 from .metrics import summarize
+from .options import parse_opts
 from .profiles import Profile, get_profile
 from .results import SCHEMA_VERSION, RunResult
 from .store import backbone_override, eval_path, run_key
@@ -81,9 +82,16 @@ class RunConfig:
     progress: bool = True
 
 
-def method_config(method: str, profile: Profile, options: dict[str, Any] | None = None) -> MethodConfig:
-    """The method's config: its defaults, then the profile's epochs/batch size/lr scaling, then ``options``."""
+def method_config(method: str, profile: Profile, options: dict[str, Any] | list[str] | None = None) -> MethodConfig:
+    """The method's config: its defaults, then the profile's epochs/batch size/lr scaling, then ``options``.
+
+    ``options`` is a dict or a list of ``KEY=VALUE`` strings (:func:`cl_peft_lib.options.parse_opts`).
+
+    Raises:
+        KeyError: unknown method. ValueError: unknown option, or a value of the wrong type or range.
+    """
     cls = get_method_class(method).config_cls
+    options = parse_opts(options)
     d: dict[str, Any] = {}
     if profile.epochs is not None and cls().epochs > 0:
         d["epochs"] = profile.epochs
@@ -210,16 +218,21 @@ class Runner:
 
     def __init__(self, cfg: RunConfig, scenario: Scenario | None = None, backbone: torch.nn.Module | None = None) -> None:
         self.cfg = cfg
+        # Every check that needs no data comes first: a bad name, option or device never waits for a data set.
         self.profile = get_profile(cfg.profile)
         device = resolve_device(cfg.device)
+        get_method_class(cfg.method)
+        self.mcfg = method_config(cfg.method, self.profile, cfg.method_options)
+        if scenario is None and cfg.benchmark not in BENCHMARKS:
+            raise KeyError(f"unknown benchmark '{cfg.benchmark}'; valid: {', '.join(BENCHMARKS)}")
+        if backbone is None:
+            backbone_spec(cfg.backbone or self.profile.backbone)
         D.init_from_env(device)  # no-op in one process, and once per process under torchrun
         self.device = D.local_device(device)
-        get_method_class(cfg.method)  # fail on a bad name before loading any data
         seed_everything(cfg.seed)
         self.scenario = scenario or build_benchmark(cfg.benchmark, self.profile, cfg.seed)
         self.backbone = backbone or create_backbone(cfg.backbone or self.profile.backbone)
         self.backbone_fingerprint = state_fingerprint(self.backbone)
-        self.mcfg = method_config(cfg.method, self.profile, cfg.method_options)
         seed_everything(cfg.seed)
         mcls = get_method_class(cfg.method)
         s = self.scenario

@@ -122,23 +122,3 @@ def eval_key(settings: Mapping[str, Any]) -> str:
 def eval_path(run_folder: str | os.PathLike, settings: Mapping[str, Any]) -> Path:
     """``<run folder>/eval/<eval_key>.json``."""
     return Path(run_folder) / "eval" / f"{eval_key(settings)}.json"
-
-
-def check_writable(folder: str | os.PathLike) -> Path:
-    """Make sure ``folder`` can be created and written *before* anything trains.
-
-    Raises:
-        NotADirectoryError: ``folder`` or one of its parents is a file.
-        PermissionError: the folder cannot be written.
-    """
-    p = Path(folder)
-    for q in [p, *p.parents]:
-        if q.exists() and not q.is_dir():
-            raise NotADirectoryError(f"output folder {p}: {q} is a file, not a folder; choose another --out")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PermissionError(f"output folder {p} cannot be created ({e.strerror}); choose another --out") from e
-    if not os.access(p, os.W_OK):
-        raise PermissionError(f"output folder {p} is not writable; choose another --out")
-    return p

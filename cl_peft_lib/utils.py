@@ -23,17 +23,39 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(device: str | None = None) -> torch.device:
-    """``auto``/None picks CUDA when available, else the CPU; otherwise ``torch.device(device)``.
+class DeviceError(ValueError, RuntimeError):
+    """A device name that is not one, or a device this machine does not have."""
 
-    The default comes from ``$CL_PEFT_DEVICE`` when set.
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU; ``cpu``, ``cuda``, ``cuda:N``, ``mps`` are checked.
+
+    None means ``$CL_PEFT_DEVICE`` when it is set, else ``auto``.
+
+    Raises:
+        DeviceError: (a ``ValueError``) an unknown device type, or CUDA/MPS or a GPU index this
+            machine does not have; the message names where the value came from.
     """
-    device = device or os.environ.get("CL_PEFT_DEVICE", "auto")
-    if device == "auto":
+    from_env = device is None and bool(os.environ.get("CL_PEFT_DEVICE", "").strip())
+    name = (os.environ["CL_PEFT_DEVICE"] if from_env else str(device or "auto")).strip()
+    what = f"CL_PEFT_DEVICE={name!r}" if from_env else f"device '{name}'"
+    if name.lower() == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{device}' asked for but CUDA is not available; use --device cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"{what} is not a device; use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise DeviceError(f"{what} asked for but CUDA is not available on this machine; use cpu or auto")
+        if dev.index is not None and dev.index >= n:
+            raise DeviceError(f"{what}: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"{what} asked for but MPS is not available on this machine; use cpu or auto")
+    return dev
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:

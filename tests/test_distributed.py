@@ -249,10 +249,17 @@ def test_torchrun_gloo_matches_single_process(tmp_path):
 
 # ---------------------------------------------------------------------- grid
 def test_grid_runs_skips_and_survives_a_failure(tmp_path, capsys):
+    from cl_peft_lib.store import run_dir
+
     out = tmp_path / "grid"
     args = ["grid", "--methods", "ncm,linear_probe", "--benchmarks", "offline-dil", "--seeds", "0,1",
-            "--profile", "smoke", "--backbone", BB, "--workers", "2", "--out", str(out), "--opt", "lr=0.002"]
-    bad = out / "offline-dil" / "ncm" / "seed1" / "checkpoint.pt"
+            "--profile", "smoke", "--backbone", BB, "--workers", "2", "--root", str(out), "--opt", "lr=0.002",
+            "--summary", str(out / "grid.json")]
+
+    def folder(method, seed):  # the run store's folder of each run
+        return run_dir("smoke", "offline-dil", method, seed, {"lr": 0.002}, BB, out)
+
+    bad = folder("ncm", 1) / "checkpoint.pt"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"not a checkpoint")  # this run fails; the other three must still finish
 
@@ -263,14 +270,14 @@ def test_grid_runs_skips_and_survives_a_failure(tmp_path, capsys):
     assert [(r["method"], r["seed"]) for r in failed] == [("ncm", 1)] and "unreadable" in failed[0]["error"]
     cell = grid["summary"]["offline-dil"]
     assert cell["ncm"]["n"] == 1 and cell["linear_probe"]["n"] == 2
-    lp_accs = [json.loads((out / "offline-dil" / "linear_probe" / f"seed{s}" / "results.json").read_text())
+    lp_accs = [json.loads((folder("linear_probe", s) / "results.json").read_text())
                ["metrics"]["average_accuracy"] for s in (0, 1)]
     assert cell["linear_probe"]["average_accuracy"]["mean"] == pytest.approx(sum(lp_accs) / 2)
     assert cell["linear_probe"]["average_accuracy"]["std"] == pytest.approx(abs(lp_accs[0] - lp_accs[1]) / 2 ** 0.5)
     assert "FAILED" in capsys.readouterr().out
 
     def mtimes():
-        return {p: p.stat().st_mtime_ns for p in out.glob("*/*/*/results.json")}
+        return {p: p.stat().st_mtime_ns for p in out.glob("*/*/*/*/results.json")}
 
     before = mtimes()
     bad.unlink()
@@ -278,7 +285,7 @@ def test_grid_runs_skips_and_survives_a_failure(tmp_path, capsys):
     grid = json.loads((out / "grid.json").read_text())
     assert grid["counts"] == {"total": 4, "ran": 1, "skipped": 3, "complete": 4, "failed": 0}, grid["counts"]
     after = mtimes()
-    assert len(after) == 4 and all(after[p] == t for p, t in before.items() if "ncm/seed1" not in str(p))
+    assert len(after) == 4 and all(after[p] == t for p, t in before.items() if p.parent != folder("ncm", 1))
 
     assert cli_main(args) == 0  # everything finished: nothing runs, nothing is rewritten
     grid = json.loads((out / "grid.json").read_text())

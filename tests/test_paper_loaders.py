@@ -329,3 +329,62 @@ def test_unknown_domainnet_domain(tmp_path):
 def test_registry():
     assert PAPER_DATASETS == {"cifar100": load_cifar100, "tiny_imagenet": load_tiny_imagenet,
                               "core50": load_core50, "domainnet": load_domainnet}
+
+
+def _cifar_fix_named(msg: str, path: Path) -> None:
+    assert str(path) in msg and "re-download" in msg and "cifar-100-python.tar.gz" in msg and "\n" not in msg, msg
+
+
+@pytest.mark.parametrize("corrupt,needle", [
+    (lambda p: p.write_bytes(b""), "empty or truncated"),
+    (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "empty or truncated"),
+    (lambda p: p.write_bytes(b"\x00garbage, not a pickle at all" * 10), "not a readable CIFAR pickle"),
+    (lambda p: p.write_bytes(pickle.dumps([1, 2, 3], protocol=2)), "expected a pickled dict, found a list"),
+    (lambda p: p.write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}, protocol=2)),
+     "missing key(s) ['fine_labels']"),
+    (lambda p: p.write_bytes(pickle.dumps({"data": np.zeros((2, 3072), np.uint8), "fine_labels": ["a", "b"]})),
+     "fine_labels are not integers"),
+])
+def test_cifar100_corrupt_train_file_is_named(tmp_path, corrupt, needle):
+    _make_cifar(tmp_path, [1, 2, 3], [0])
+    bad = tmp_path / "cifar-100-python" / "train"
+    corrupt(bad)
+    with pytest.raises(ValueError) as e:
+        load_cifar100(tmp_path)
+    assert needle in str(e.value), e.value
+    _cifar_fix_named(str(e.value), bad)
+
+
+def test_cifar100_meta_without_names(tmp_path):
+    _make_cifar(tmp_path, [1], [0])
+    meta = tmp_path / "cifar-100-python" / "meta"
+    meta.write_bytes(pickle.dumps({b"coarse_label_names": [b"x"]}, protocol=2))
+    with pytest.raises(ValueError, match=r"missing key\(s\) \['fine_label_names'\]") as e:
+        load_cifar100(tmp_path)
+    _cifar_fix_named(str(e.value), meta)
+
+
+def test_cifar100_shape_and_length_mismatch_named(tmp_path):
+    _make_cifar(tmp_path, [1, 2], [0])
+    test = tmp_path / "cifar-100-python" / "test"
+    test.write_bytes(pickle.dumps({b"data": np.zeros((3, 3072), np.uint8), b"fine_labels": [0, 1]}, protocol=2))
+    with pytest.raises(ValueError, match="expected uint8 data") as e:
+        load_cifar100(tmp_path)
+    assert str(test) in str(e.value)
+
+
+def test_cifar100_corrupt_file_through_the_cli(tmp_path, monkeypatch, capsys):
+    """`cl-peft run` on a truncated pickle: one `error:` line naming the file, exit code 2, no traceback."""
+    from cl_peft_lib.cli import main as cli_main
+
+    _make_cifar(tmp_path / "data", [1, 2], [0])
+    bad = tmp_path / "data" / "cifar-100-python" / "train"
+    bad.write_bytes(bad.read_bytes()[:100])
+    monkeypatch.setenv("CL_PEFT_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("CL_PEFT_DOWNLOAD", raising=False)
+    rc = cli_main(["run", "--method", "ncm", "--benchmark", "split-cifar100", "--profile", "smoke", "--device", "cpu",
+                   "--backbone", "test_vit_micro", "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: ") and "Traceback" not in err, err
+    assert "empty or truncated" in err
+    _cifar_fix_named(err, bad)

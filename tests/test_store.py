@@ -9,7 +9,7 @@ import torch
 from cl_peft_lib.backbones import create_backbone
 from cl_peft_lib.evaluation import EvalConfig
 from cl_peft_lib.loop import CheckpointError, RunConfig, Runner, evaluate_run, run_continual
-from cl_peft_lib.store import check_writable, eval_path, run_dir, run_key
+from cl_peft_lib.store import eval_path, run_dir, run_key
 
 BB = "test_vit_micro"
 
@@ -45,16 +45,6 @@ def test_the_grid_uses_the_store(tmp_path):
     assert [Path(r.out) for r in runs] == [
         run_dir("smoke", "offline-cil", m, s, {"lr": 0.01}, None, tmp_path).resolve() for m in ("l2p", "l2l")
         for s in (0, 1)]
-
-
-def test_output_folder_checked_before_anything_runs(tmp_path):
-    f = tmp_path / "file"
-    f.write_text("x")
-    with pytest.raises(NotADirectoryError, match="is a file"):
-        check_writable(f)
-    with pytest.raises(NotADirectoryError, match="is a file"):
-        check_writable(f / "under" / "it")
-    assert check_writable(tmp_path / "new" / "run").is_dir()
 
 
 def _cfg(out, method="sprompts", **opts):

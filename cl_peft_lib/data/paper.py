@@ -60,11 +60,30 @@ def _decode_all(ds: FileImageDataset, workers: int | None = None) -> TensorImage
 # --------------------------------------------------------------------------- CIFAR-100
 
 
-def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        d = pickle.load(f, encoding="bytes")
+def _unpickle(path: Path, keys: Sequence[str] = ()) -> dict:
+    """The dict pickled in the official CIFAR file ``path``, with str keys; ``keys`` must be among them.
+
+    Raises:
+        ValueError: the file is empty, truncated or not a pickle, holds no dict, or lacks ``keys``;
+            the message names the file and says to re-download or re-extract it.
+    """
+    fix = (f"re-download {CIFAR100_URL} and extract it again (or delete {path.parent} and set CL_PEFT_DOWNLOAD=1)")
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+    except Exception as e:  # noqa: BLE001 - any unreadable pickle is refused the same way
+        if isinstance(e, EOFError) or "truncated" in str(e):
+            raise ValueError(f"{path}: the file is empty or truncated ({path.stat().st_size} bytes); {fix}") from None
+        raise ValueError(f"{path}: not a readable CIFAR pickle ({type(e).__name__}: {e}); {fix}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a pickled dict, found a {type(d).__name__}; {fix}")
     # The official files were written by Python 2 (bytes keys); accept str keys too.
-    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
+    d = {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
+    missing = [k for k in keys if k not in d]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) {missing} (found {sorted(map(str, d))[:8]}); "
+                         f"not the CIFAR-100 python release? {fix}")
+    return d
 
 
 def load_cifar100(
@@ -96,11 +115,16 @@ def load_cifar100(
         if not (base / f).is_file():
             raise _missing("CIFAR-100", base / f, "load_cifar100", root,
                            f"download {CIFAR100_URL} and extract it in {root} (creates {base}/)")
-    names = [n.decode() if isinstance(n, bytes) else n for n in _unpickle(base / "meta")["fine_label_names"]]
+    names = [n.decode() if isinstance(n, bytes) else n
+             for n in _unpickle(base / "meta", ["fine_label_names"])["fine_label_names"]]
     splits = []
     for split in ("train", "test"):
-        d = _unpickle(base / split)
-        data, labels = np.asarray(d["data"]), np.asarray(d["fine_labels"], dtype=np.int64)
+        d = _unpickle(base / split, ["data", "fine_labels"])
+        try:
+            data, labels = np.asarray(d["data"]), np.asarray(d["fine_labels"], dtype=np.int64).reshape(-1)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{base / split}: fine_labels are not integers ({e}); re-download {CIFAR100_URL} "
+                             f"and extract it again") from None
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
             raise ValueError(f"{base / split}: expected uint8 data (N, 3072) and N fine_labels, "
                              f"got {data.dtype} {data.shape} and {len(labels)} labels")

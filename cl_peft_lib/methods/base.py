@@ -14,14 +14,20 @@ Chapter: ``notebooks/01_continual_learning.ipynb`` (the shared loop).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable, ClassVar, Iterator
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Any, Callable, ClassVar, Iterator, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..evaluation import DEFAULT_EVAL, EvalConfig
+from ..options import check_fields, check_range
+
+#: The optimizers :func:`cl_peft_lib.loop.build_optimizer` builds.
+Optimizer = Literal["adam", "adamw", "sgd"]
+#: The per-task learning-rate schedules.
+Schedule = Literal["constant", "cosine"]
 
 
 @dataclass
@@ -41,18 +47,42 @@ class MethodConfig:
         train_mask: class-incremental only: during training, mask the logits of classes
             outside the current task (L2P's ``train_mask``).
         grad_clip: max gradient norm (None: no clipping).
+
+    Every field is checked on construction (:meth:`__post_init__`): its type from the
+    annotation (an int is accepted for a float, a list for a tuple), then its range.
+    Subclasses add their own ranges in a ``__post_init__`` that calls ``super().__post_init__()``.
+
+    Raises:
+        ValueError: a field of the wrong type or out of range (one line naming the field).
     """
 
     epochs: int = 5
     batch_size: int = 16
-    optimizer: str = "adam"
+    optimizer: Optimizer = "adam"
     lr: float = 1e-3
     lr_ref_batch: float | None = None
     momentum: float = 0.9
     weight_decay: float = 0.0
-    schedule: str = "constant"
+    schedule: Schedule = "constant"
     train_mask: bool = True
     grad_clip: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # types, from the annotations (subclasses' and mixins' too)
+        check_range(self, "epochs", ge=0)
+        check_range(self, "batch_size", ge=1)
+        check_range(self, "lr", gt=0)
+        check_range(self, "lr_ref_batch", gt=0)
+        check_range(self, "momentum", ge=0, lt=1)
+        check_range(self, "weight_decay", ge=0)
+        check_range(self, "grad_clip", gt=0)
+        default = next(f.default for f in fields(self) if f.name == "epochs")
+        if self.epochs == 0 and default is not MISSING and default > 0:
+            raise ValueError(f"epochs must be >= 1 for {type(self).__name__}: with epochs=0 the method would not "
+                             f"train at all (its default is {default}); only training-free methods (ncm) take 0")
+        parent = getattr(super(), "__post_init__", None)  # a mixin's checks (e.g. LoRAFields)
+        if parent is not None:
+            parent()
 
     @property
     def effective_lr(self) -> float:

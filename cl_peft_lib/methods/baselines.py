@@ -55,7 +55,7 @@ class LinearProbeConfig(MethodConfig):
     """Frozen backbone + linear head, trained like L2P's classifier (Adam, lr 0.03 x batch/256, masked logits)."""
 
     lr: float = 0.03
-    lr_ref_batch: int | None = 256
+    lr_ref_batch: float | None = 256
     train_mask: bool = True
 
 

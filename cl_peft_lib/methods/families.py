@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import ContinualMethod, MethodConfig, TaskContext
+from .base import ContinualMethod, MethodConfig, Optimizer, Schedule, TaskContext
+from ..options import check_range
 from .selection import KeyedPool, KMeansTaskIdentifier, query_features
 
 
@@ -73,11 +74,17 @@ class L2XConfig(MethodConfig):
     batchwise: bool = True
     epochs: int = 5
     batch_size: int = 16
-    optimizer: str = "adam"
+    optimizer: Optimizer = "adam"
     lr: float = 0.03
-    lr_ref_batch: int | None = 256
-    schedule: str = "constant"
+    lr_ref_batch: float | None = 256
+    schedule: Schedule = "constant"
     train_mask: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self, "pool_size", ge=1)
+        check_range(self, "top_n", ge=1, le=self.pool_size, note=" (pool_size)")
+        check_range(self, "surrogate_weight", ge=0)
 
 
 class L2XMethod(ContinualMethod):
@@ -140,12 +147,16 @@ class SXConfig(MethodConfig):
     shared_head: bool = False
     epochs: int = 10
     batch_size: int = 128
-    optimizer: str = "sgd"
+    optimizer: Optimizer = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 2e-4
-    schedule: str = "cosine"
+    schedule: Schedule = "cosine"
     train_mask: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self, "kmeans_k", ge=1)
 
 
 class SXMethod(ContinualMethod):

@@ -44,7 +44,8 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-from . import register_method
+from ..options import check_range
+from .registry import register_method
 from .baselines import LinearHeadMethod
 from .base import MethodConfig
 from .families import L2XConfig, L2XMethod, SXConfig, SXMethod
@@ -108,6 +109,11 @@ class LoRAFields:
         self.target_modules = target_names(self.target_modules)
         if self.layers is not None:
             self.layers = (int(self.layers),) if isinstance(self.layers, int) else tuple(int(i) for i in self.layers)
+        check_range(self, "rank", ge=1)
+        check_range(self, "alpha", gt=0)
+        bad = sorted(i for i in self.layers or () if i < 0)
+        if bad or self.layers == ():
+            raise ValueError(f"layers must be None (all blocks) or block indices >= 0, got {self.layers}")
 
     @property
     def scaling(self) -> float:
@@ -133,7 +139,7 @@ class PlainLoRAConfig(MethodConfig, LoRAFields):
     it is exactly L2L without the pool."""
 
     lr: float = 0.03
-    lr_ref_batch: int | None = 256
+    lr_ref_batch: float | None = 256
     train_mask: bool = True
 
 

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from . import register_method
+from ..options import check_range
+from .registry import register_method
 from .families import L2XConfig, L2XMethod, SXConfig, SXMethod
 
 
@@ -100,6 +101,12 @@ class L2PConfig(L2XConfig):
     prompt_length: int = 5
     prompt_init: tuple[float, float] = (0.0, 1.0)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self, "prompt_length", ge=1)
+        if not self.prompt_init[0] < self.prompt_init[1]:
+            raise ValueError(f"prompt_init must be (low, high) with low < high, got {self.prompt_init}")
+
 
 @register_method
 class L2P(L2XMethod):
@@ -152,6 +159,10 @@ class SPromptsConfig(SXConfig):
     """
 
     prompt_length: int = 10
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self, "prompt_length", ge=1)
 
 
 @register_method
@@ -228,6 +239,13 @@ class DualPromptConfig(L2PConfig):
     e_layers: tuple[int, ...] = (2, 3, 4)
     use_prompt_mask: bool = True
     shared_prompt_pool: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range(self, "g_length", ge=1)
+        bad = sorted(i for i in (*self.g_layers, *self.e_layers) if i < 0)
+        if bad:
+            raise ValueError(f"g_layers/e_layers must be block indices >= 0, got {bad}")
 
 
 @register_method
