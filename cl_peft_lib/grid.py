@@ -352,7 +352,7 @@ def run_grid(methods: Sequence[str] | str, benchmarks: Sequence[str] | str, seed
                 p.terminate()
         raise
 
-    summary = summarize_grid(runs)
+    stats = summarize_grid(runs)
     counts = {"total": len(runs), "ran": sum(r.action == "ran" for r in runs),
               "skipped": sum(r.action == "skipped" for r in runs),
               "complete": sum(r.status == "complete" for r in runs), "failed": sum(r.status == "failed" for r in runs)}
@@ -363,12 +363,12 @@ def run_grid(methods: Sequence[str] | str, benchmarks: Sequence[str] | str, seed
         "wall_s": round(time.perf_counter() - t_grid, 2),
         "counts": counts,
         "runs": [vars(r).copy() for r in runs],
-        "summary": summary,
+        "summary": stats,
     }
     path = Path(summary) if summary else summary_path(methods, benchmarks, seed_list, profile, options, backbone, root)
     grid["path"] = str(path)
     atomic_write_json(path, grid)
-    say(format_summary(summary))
+    say(format_summary(stats))
     say(f"ran {counts['ran']}, skipped {counts['skipped']}, failed {counts['failed']} of {counts['total']}; "
         f"summary: {path}")
     for r in runs:

@@ -126,7 +126,8 @@ def test_registry_names_and_refusals():
     ("lora", {"alpha": 0.0}, "alpha must be > 0"),
     ("slora", {"layers": ()}, "layers must be None"),
     ("slora", {"target_modules": "qkv,nope"}, "unknown LoRA target"),
-    ("slora", {"merged_inference": 1}, "merged_inference must be a bool"),
+    ("slora", {"shared_head": 1}, "shared_head must be a bool"),
+    ("slora", {"merged_inference": True}, "an evaluation setting"),
     ("l2p", {"learning_rate": 1.0}, r"unknown option\(s\) \['learning_rate'\] .*valid: .*'lr'"),
 ])
 def test_config_refuses_bad_values(method, opts, needle):
@@ -303,7 +304,7 @@ def test_cli_out_must_be_a_folder(no_data, capsys, tmp_path):
     f.write_text("x")
     _refused(capsys, RUN + ["--device", "cpu", "--out", str(f)], f"--out {f} is a file")
     _refused(capsys, RUN + ["--device", "cpu", "--out", str(f / "run")], f"lies under {f}, which is a file")
-    _refused(capsys, ["grid", "--methods", "ncm", "--benchmarks", "offline-dil", "--workers", "1", "--out", str(f)],
+    _refused(capsys, ["grid", "--methods", "ncm", "--benchmarks", "offline-dil", "--workers", "1", "--root", str(f)],
              "is a file")
 
 
@@ -352,7 +353,7 @@ def test_cl_peft_device_is_honoured_and_checked(no_data, monkeypatch, capsys, tm
 ])
 def test_cli_grid_refuses_before_any_run(extra, needle, no_data, no_cuda, capsys, tmp_path):
     argv = ["grid", "--methods", "l2p,ncm", "--benchmarks", "offline-cil", "--profile", "smoke",
-            "--out", str(tmp_path / "g")] + extra
+            "--root", str(tmp_path / "g")] + extra
     _refused(capsys, argv, needle)
     assert not (tmp_path / "g").exists()
 

@@ -100,7 +100,7 @@ class MethodConfig:
         evals = sorted((set(d) - valid) & {f.name for f in fields(EvalConfig)})
         if evals:
             raise ValueError(f"{', '.join(evals)}: an evaluation setting, not a training option; evaluate the run "
-                             f"with it instead (cl-peft run/evaluate --eval {evals[0]}=..., or "
+                             f"with it instead (cl-peft evaluate --eval {evals[0]}=..., or "
                              f"cl_peft_lib.loop.evaluate_run): it never retrains")
         bad = sorted(set(d) - valid)
         if bad:
