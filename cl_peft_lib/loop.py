@@ -32,7 +32,7 @@ from . import distributed as D
 from .backbones import create_backbone, state_fingerprint
 from .data.base import ConcatImageDataset, has_fast_batches
 from .data.scenarios import Scenario, build_benchmark
-from .data.transforms import to_model_input
+from .data.transforms import augment_batch, to_model_input
 from .methods import ContinualMethod, MethodConfig, TaskContext, get_method_class
 from .metrics import summarize
 from .profiles import Profile, get_profile
@@ -135,8 +135,14 @@ def batches(ds: Dataset, batch_size: int, shuffle: bool = False, generator: torc
 
 
 def build_optimizer(cfg: MethodConfig, groups: list[dict], total_steps: int):
-    """Optimizer and per-step scheduler from a method config."""
+    """Optimizer and per-step scheduler from a method config.
+
+    A group with its own ``"lr"`` (already batch-scaled by the method, e.g. L2L's LoRA factors) or
+    ``"weight_decay"`` keeps it; the others get ``cfg.effective_lr`` and ``cfg.weight_decay``. The
+    cosine schedule scales every group's own rate.
+    """
     lr = cfg.effective_lr
+    groups = [dict(g, lr=float(g.get("lr", lr))) for g in groups]
     if cfg.optimizer == "adam":
         opt = torch.optim.Adam(groups, lr=lr, weight_decay=cfg.weight_decay)
     elif cfg.optimizer == "adamw":
@@ -268,7 +274,12 @@ class Runner:
                 seed = self.cfg.seed * 1_000_003 + t * 1009
                 g = torch.Generator().manual_seed(seed + epoch)
                 shard = D.Shard(D.rank(), world, seed, epoch) if world > 1 else None
+                # training augmentation (training batches only): its own stream of the same (seed, task, epoch),
+                # per rank, so the data order is untouched and a resumed run draws the same crops
+                ga = torch.Generator().manual_seed((seed + epoch) * 7919 + 104729 + D.rank())
                 for step, (x, y) in enumerate(self.model_batches(ds, bs, True, g, shard)):
+                    x = augment_batch(x, self.profile.train_augment, ga, self.profile.augment_scale,
+                                      self.profile.augment_ratio)
                     with autocast(self.device):
                         loss, logs = m.observe(x, y)
                     loss = optimizer_step(opt, scaler, loss, params, cfg.grad_clip, sched, reduce_and_check)
