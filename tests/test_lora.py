@@ -195,10 +195,11 @@ def _scenario(kind: str):
     return domain_incremental("toy-dil", [("plain", tr, te), ("inverted", inv(tr), inv(te))], names)
 
 
-# lr_ref_batch given explicitly (effective lr 0.3 * 8 / 256), independent of the profile's lr_batch
+# lr_ref_batch given explicitly (effective lr 0.3 * 8 / 256), independent of the profile's lr_batch;
+# the LoRA factors' own rate (lora_lr) set to the same value as the rest
 OPTIONS = {"lora": {"epochs": 4, "batch_size": 8, "lr": 0.3, "lr_ref_batch": 256},
-           "l2l": {"epochs": 4, "batch_size": 8, "lr": 0.3, "lr_ref_batch": 256},
-           "slora": {"epochs": 4, "batch_size": 8, "lr": 0.2, "merged_inference": True}}
+           "l2l": {"epochs": 4, "batch_size": 8, "lr": 0.3, "lora_lr": 0.3, "lr_ref_batch": 256},
+           "slora": {"epochs": 4, "batch_size": 8, "lr": 0.2, "lora_lr": 0.2, "merged_inference": True}}
 
 
 @pytest.fixture(scope="module")
