@@ -32,7 +32,7 @@ from . import distributed as D
 from .backbones import create_backbone, state_fingerprint
 from .data.base import ConcatImageDataset, has_fast_batches
 from .data.scenarios import Scenario, build_benchmark
-from .data.transforms import augment_batch, to_model_input
+from .data.transforms import apply_augment, epoch_augment_params, to_model_input
 from .methods import ContinualMethod, MethodConfig, TaskContext, get_method_class
 from .metrics import summarize
 from .profiles import Profile, get_profile
@@ -274,12 +274,16 @@ class Runner:
                 seed = self.cfg.seed * 1_000_003 + t * 1009
                 g = torch.Generator().manual_seed(seed + epoch)
                 shard = D.Shard(D.rank(), world, seed, epoch) if world > 1 else None
-                # training augmentation (training batches only): its own stream of the same (seed, task, epoch),
-                # per rank, so the data order is untouched and a resumed run draws the same crops
-                ga = torch.Generator().manual_seed((seed + epoch) * 7919 + 104729 + D.rank())
+                # training augmentation (training batches only): a table over the epoch's global positions, drawn
+                # from the same (seed, task, epoch); rank r's local position q is global position q*world + r, so
+                # each sample is augmented alike for any world size and after a resume; the data order is untouched
+                prof = self.profile
+                aug = epoch_augment_params(steps * bs * world, prof.train_augment, (seed + epoch) * 7919 + 104729,
+                                           prof.augment_scale, prof.augment_ratio)
+                pos = torch.arange(steps * bs) * world + D.rank()
                 for step, (x, y) in enumerate(self.model_batches(ds, bs, True, g, shard)):
-                    x = augment_batch(x, self.profile.train_augment, ga, self.profile.augment_scale,
-                                      self.profile.augment_ratio)
+                    if aug is not None:
+                        x = apply_augment(x, aug[pos[step * bs:step * bs + len(x)]])
                     with autocast(self.device):
                         loss, logs = m.observe(x, y)
                     loss = optimizer_step(opt, scaler, loss, params, cfg.grad_clip, sched, reduce_and_check)

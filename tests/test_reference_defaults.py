@@ -223,3 +223,16 @@ def test_no_augmentation_feeds_plain_training_images(toy_scenario, monkeypatch):
     assert all(bool((train - x).flatten(1).abs().amax(1).min() == 0) for x in torch.cat(seen["train"]))
     raw, _ = sc.tasks[0].train.get_batch(torch.arange(2))
     assert torch.equal(to_model_input(raw, r.size, r.mean, r.std), train[:2])
+
+
+def test_epoch_table_depends_on_position_only():
+    """A position's crop does not depend on how many positions are drawn (the loop keys the table by the
+    global epoch position, so 1 and 2 ranks augment each sample alike)."""
+    from cl_peft_lib.data.transforms import epoch_augment_params
+
+    a = epoch_augment_params(10, "crop_flip", 7, block=4)
+    b = epoch_augment_params(23, "crop_flip", 7, block=4)
+    assert a.shape == (10, 5) and torch.equal(a, b[:10])
+    assert not torch.equal(a, epoch_augment_params(10, "crop_flip", 8, block=4))
+    assert epoch_augment_params(10, "none", 7) is None
+    assert set(b[:, 4].tolist()) == {0.0, 1.0} and set(epoch_augment_params(9, "crop", 7)[:, 4].tolist()) == {0.0}

@@ -80,6 +80,60 @@ def random_resized_crop_params(n: int, generator: torch.Generator, scale: Sequen
     return w, h, u[:, 0] * (1 - w), u[:, 1] * (1 - h)
 
 
+def augment_params(n: int, mode: str, generator: torch.Generator, scale: Sequence[float] = (0.08, 1.0),
+                   ratio: Sequence[float] = (3 / 4, 4 / 3)) -> torch.Tensor | None:
+    """Random augmentation of ``n`` images as a ``(n, 5)`` table: crop box ``(w, h, x0, y0)``
+    (:func:`random_resized_crop_params`) and a flip flag (1: mirror; only with ``"crop_flip"``, p=1/2).
+
+    Returns:
+        The table, or None for ``"none"``.
+
+    Raises:
+        ValueError: unknown mode.
+    """
+    if mode not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation '{mode}'; valid: {', '.join(AUGMENTATIONS)}")
+    if mode == "none":
+        return None
+    w, h, x0, y0 = random_resized_crop_params(n, generator, scale, ratio)
+    flip = (torch.rand(n, generator=generator) < 0.5).float() if mode == "crop_flip" else torch.zeros(n)
+    return torch.stack([w, h, x0, y0, flip], dim=1)
+
+
+def epoch_augment_params(n: int, mode: str, seed: int, scale: Sequence[float] = (0.08, 1.0),
+                         ratio: Sequence[float] = (3 / 4, 4 / 3), block: int = 4096) -> torch.Tensor | None:
+    """:func:`augment_params` for positions ``0..n-1`` of an epoch, drawn in blocks of ``block`` positions,
+    block k from its own generator seeded by ``(seed, k)``: the draw of position p depends on ``seed`` and
+    p only, not on ``n``. The loop keys it by the position in the global (all ranks) epoch order, so a
+    sample is augmented the same way whatever the number of ranks, and again after a resume."""
+    if mode not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation '{mode}'; valid: {', '.join(AUGMENTATIONS)}")
+    if mode == "none":
+        return None
+    parts = []
+    for k in range(math.ceil(n / block)):
+        g = torch.Generator().manual_seed((seed * 1_000_003 + k) % (2 ** 63 - 1))
+        parts.append(augment_params(block, mode, g, scale, ratio))  # whole blocks: a draw never depends on n
+    return torch.cat(parts)[:n] if parts else torch.zeros(0, 5)
+
+
+def apply_augment(x: torch.Tensor, params: torch.Tensor | None) -> torch.Tensor:
+    """Crop (and mirror) each image of a float batch ``(B, C, S, S)`` as its row of ``params``
+    (:func:`augment_params`), resampled bilinearly back to ``S x S`` with one ``grid_sample``, on ``x``'s
+    device; ``params=None`` returns ``x`` itself."""
+    if params is None or len(x) == 0:
+        return x
+    if len(params) != len(x):
+        raise ValueError(f"{len(params)} augmentation rows for a batch of {len(x)}")
+    w, h, x0, y0, flip = params.unbind(1)
+    theta = torch.zeros(len(x), 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = torch.where(flip > 0, -w, w), h
+    theta[:, 0, 2], theta[:, 1, 2] = 2 * x0 + w - 1, 2 * y0 + h - 1  # box centre in [-1, 1]
+    theta = theta.to(device=x.device, dtype=x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator, scale: Sequence[float] = (0.08, 1.0),
                   ratio: Sequence[float] = (3 / 4, 4 / 3)) -> torch.Tensor:
     """Training augmentation of a model-ready batch ``(B, 3, S, S)``, on its device, shape kept.
@@ -87,8 +141,8 @@ def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator, scale:
     Each image gets its own random resized crop (:func:`random_resized_crop_params`), resampled
     bilinearly back to ``S x S`` with one ``grid_sample`` for the whole batch; ``"crop_flip"``
     then mirrors it horizontally with probability 1/2. The random numbers come from the CPU
-    ``generator`` (the loop's per-(seed, task, epoch) stream), so a batch is augmented the same way
-    on every device and after every resume.
+    ``generator``, so a batch is augmented the same way on every device. (The loop draws a whole
+    epoch's table with :func:`epoch_augment_params` and applies rows with :func:`apply_augment`.)
 
     The references (l2p/dualprompt-pytorch ``datasets.py`` ``build_transform``; S-Prompts
     ``utils/data.py``) crop the stored image with PIL and resize the crop to 224 px; here the crop
@@ -105,19 +159,4 @@ def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator, scale:
     Raises:
         ValueError: unknown mode.
     """
-    if mode not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation '{mode}'; valid: {', '.join(AUGMENTATIONS)}")
-    if mode == "none" or len(x) == 0:
-        return x
-    n = len(x)
-    w, h, x0, y0 = random_resized_crop_params(n, generator, scale, ratio)
-    sx = w.clone()
-    if mode == "crop_flip":
-        flip = torch.rand(n, generator=generator) < 0.5
-        sx = torch.where(flip, -w, w)
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 1, 1] = sx, h
-    theta[:, 0, 2], theta[:, 1, 2] = 2 * x0 + w - 1, 2 * y0 + h - 1  # box centre in [-1, 1]
-    theta = theta.to(device=x.device, dtype=x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return apply_augment(x, augment_params(len(x), mode, generator, scale, ratio))
