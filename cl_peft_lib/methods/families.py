@@ -144,7 +144,9 @@ class SXConfig(MethodConfig):
     Reference: iamwangyabin/S-Prompts ``methods/sprompt.py`` and ``configs/*.json`` (commit a26e822, the
     latest; "fix configs" 9320007): SGD momentum 0.9, lr 0.01 (``init_lr`` = ``lrate``), cosine over the
     epochs, batch 128, weight decay 5e-4 on the first domain (``init_weight_decay``) and 2e-4 after
-    (``weight_decay``), 20 epochs on CORe50 and 30 on DomainNet (``init_epoch`` = ``epochs``). The
+    (``weight_decay``), 20 epochs on CORe50 and 30 on DomainNet (``init_epoch`` = ``epochs``; the repository's
+    runnable CORe50/DomainNet configs are those of its CLIP variant, ``net_type: slip``, the only ones it
+    ships for these benchmarks; we take their schedule for the ViT variant too). The
     reference steps its cosine once per epoch, ours once per step (the same curve, sampled finer).
     Our ``epochs=10`` default keeps the offline track cheap; the paper profile applies
     :attr:`benchmark_epochs` (:meth:`cl_peft_lib.profiles.Profile.method_options`).
