@@ -248,3 +248,34 @@ def test_backbone_bit_identical_after_training(runs, name):
     trained_B = [p for n, p in m.named_parameters() if "lora_B" in n or n.startswith("loras.B")]
     assert trained_B and all(p.abs().sum() > 0 for p in trained_B)  # the adapters did train
     assert _base_fingerprint(m) == fp_before
+
+
+# ----------------------------------------------------------------------------- qv: q and v rows of the fused qkv
+def test_l2l_qv_adapts_only_query_and_value_rows():
+    b = create_backbone("test_vit_micro")
+    cfg = L2LConfig(pool_size=3, top_n=2, rank=2, target_modules="qv")
+    m = L2L(b, "class", C, 2, cfg)
+    assert m.num_trainable() == 3 * D + 3 * DEPTH * 2 * (D + 2 * D) + D * C + C == \
+        L2L.expected_trainable_params(cfg, D, C, depth=DEPTH)
+    assert all(B.shape[1] == 2 * D for B in m.loras.B.values())
+    with torch.no_grad():
+        for B in m.loras.B.values():
+            B.normal_()
+    qkv = b.blocks[0].attn.qkv
+    x = torch.randn(2, 5, D)
+    m.loras.idx = None
+    plain = qkv(x)
+    m.loras.idx = torch.tensor([[0, 1], [2, 0]])
+    adapted = qkv(x)
+    m.loras.idx = None
+    diff = (adapted - plain).abs().amax(dim=(0, 1))
+    assert diff[D:2 * D].max() == 0  # k untouched
+    assert (diff[:D] > 0).all() and (diff[2 * D:] > 0).all()  # q and v adapted
+
+
+def test_qv_is_refused_where_peft_cannot_express_it():
+    with pytest.raises(ValueError, match="only 'l2l'"):
+        PlainLoRA(create_backbone("test_vit_micro"), "class", C, 2, PlainLoRA.config_cls(target_modules="qv"))
+    with pytest.raises(ValueError, match="choose one"):
+        L2LConfig(target_modules="qkv,qv")
+    assert L2LConfig().target_modules == ("qkv",)  # the default target is unchanged

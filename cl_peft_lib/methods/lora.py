@@ -16,8 +16,11 @@ module differs:
   modules (:class:`LoRAPool`): peft has no per-sample selection.
 
 Targets are timm's ``blocks.{i}.attn.qkv`` (default), ``attn.proj``, ``mlp.fc1``,
-``mlp.fc2``. Trainable parameters per adapter: ``r * sum(in + out)`` over the
-targeted layers, e.g. ``depth * r * (D + 3D)`` for qkv (:func:`lora_numel`).
+``mlp.fc2``, and, for L2L only, ``qv``: the q and v output rows of the fused ``attn.qkv``
+(the LoRA paper's and peft's ViT choice; ``r * (D + 2D)`` per block; peft cannot split timm's
+fused layer, so plain LoRA and S-LoRA refuse it, and the default stays ``qkv`` for all three).
+Trainable parameters per adapter: ``r * sum(in + out)`` over the targeted layers, e.g.
+``depth * r * (D + 3D)`` for qkv (:func:`lora_numel`).
 
 Default ranks. The ranks used by Wistuba et al. could not be checked offline, so
 they are our choice: ``r=4`` for plain LoRA and S-LoRA (one adapter per sample),
@@ -57,7 +60,20 @@ from .families import L2XConfig, L2XMethod, SXConfig, SXMethod, scale_lr
 from .selection import query_features
 
 #: Where each LoRA target lives inside a timm ViT block.
-TARGETS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+TARGETS = {"qkv": "attn.qkv", "qv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+#: Targets that adapt only some output rows of their layer: ``qv`` = the query and value rows of timm's
+#: fused ``attn.qkv`` (rows ``0..D-1`` and ``2D..3D-1``), the LoRA paper's choice for attention (Hu et al.,
+#: 2022, Sec. 7.1: W_q and W_v) and peft's default for ViTs (``query``/``value``); only :class:`LoRAPool`
+#: (L2L) supports it, peft's LoRA adapts whole layers.
+ROW_TARGETS = {"qv"}
+
+
+def target_rows(target: str, out_features: int) -> torch.Tensor | None:
+    """Output rows a target adapts (None: all): for ``qv`` the q and v thirds of the fused qkv."""
+    if target != "qv":
+        return None
+    D = out_features // 3
+    return torch.cat([torch.arange(0, D), torch.arange(2 * D, 3 * D)])
 
 
 def target_names(targets: str | Sequence[str]) -> tuple[str, ...]:
@@ -66,6 +82,8 @@ def target_names(targets: str | Sequence[str]) -> tuple[str, ...]:
     bad = [t for t in names if t not in TARGETS]
     if bad or not names:
         raise ValueError(f"unknown LoRA target(s) {bad or names}; valid: {', '.join(TARGETS)}")
+    if "qkv" in names and "qv" in names:
+        raise ValueError("LoRA targets 'qkv' and 'qv' both adapt attn.qkv; choose one")
     return names
 
 
@@ -80,7 +98,7 @@ def lora_numel(embed_dim: int, depth: int, rank: int, targets: str | Sequence[st
                mlp_ratio: float = 4.0) -> int:
     """Parameters of one LoRA adapter: ``depth * r * sum(in + out)`` over the targets of a block."""
     D, H = embed_dim, int(embed_dim * mlp_ratio)
-    io = {"qkv": D + 3 * D, "proj": 2 * D, "fc1": D + H, "fc2": H + D}
+    io = {"qkv": D + 3 * D, "qv": D + 2 * D, "proj": 2 * D, "fc1": D + H, "fc2": H + D}
     return depth * rank * sum(io[t] for t in target_names(targets))
 
 
@@ -121,7 +139,15 @@ class LoRAFields:
         return (self.alpha if self.alpha is not None else self.rank) / self.rank
 
     def peft_config(self) -> LoraConfig:
-        """HF peft's ``LoraConfig`` (A kaiming-uniform, B zero) for a timm ViT."""
+        """HF peft's ``LoraConfig`` (A kaiming-uniform, B zero) for a timm ViT.
+
+        Raises:
+            ValueError: a row target (``qv``), which peft cannot express on timm's fused qkv.
+        """
+        rows = sorted(ROW_TARGETS & set(self.target_modules))
+        if rows:
+            raise ValueError(f"LoRA target(s) {rows} adapt part of timm's fused attn.qkv, which peft cannot; "
+                             f"only 'l2l' (LoRAPool) supports them; use 'qkv' here")
         return LoraConfig(r=self.rank, lora_alpha=self.scaling * self.rank,  # peft scales by lora_alpha / r
                           target_modules=target_regex(self.target_modules, self.layers))
 
@@ -285,21 +311,29 @@ class LoRAPool(nn.Module):
         pool_size: M.
         rank: r.
         scaling: alpha / r.
+        rows: ``{module name: output rows}`` for layers adapted only in part (e.g. ``qv``: B has one row per
+            adapted output, the update is added to those outputs only); other layers: all rows.
     """
 
-    def __init__(self, targets: dict[str, nn.Linear], pool_size: int, rank: int, scaling: float) -> None:
+    def __init__(self, targets: dict[str, nn.Linear], pool_size: int, rank: int, scaling: float,
+                 rows: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.scaling = scaling
         self.A, self.B = nn.ParameterDict(), nn.ParameterDict()
         self.idx: torch.Tensor | None = None
         self.handles = []
+        self.rows: dict[str, torch.Tensor] = {}
         for name, lin in targets.items():
             key = name.replace(".", "_")
             A = torch.empty(pool_size, rank, lin.in_features)
             for a in A:  # per module, as peft/loralib: fan_in = in
                 nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+            r = (rows or {}).get(name)
+            if r is not None:
+                self.rows[key] = r
+                self.register_buffer(f"rows_{key}", r, persistent=False)
             self.A[key] = nn.Parameter(A)
-            self.B[key] = nn.Parameter(torch.zeros(pool_size, lin.out_features, rank))
+            self.B[key] = nn.Parameter(torch.zeros(pool_size, lin.out_features if r is None else len(r), rank))
             self.handles.append(lin.register_forward_hook(partial(self._hook, key)))
 
     def delta(self, key: str, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -312,7 +346,10 @@ class LoRAPool(nn.Module):
     def _hook(self, key: str, module: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor:
         if self.idx is None:
             return out
-        return out + self.delta(key, inputs[0], self.idx).to(out.dtype)
+        d = self.delta(key, inputs[0], self.idx).to(out.dtype)
+        if key in self.rows:  # only these outputs (e.g. q and v of the fused qkv)
+            return out.index_add(out.dim() - 1, getattr(self, f"rows_{key}"), d)
+        return out + d
 
     def remove(self) -> None:
         """Detach the hooks from the backbone."""
@@ -356,7 +393,10 @@ class L2L(L2XMethod):
         targets = {n: m for n, m in backbone.named_modules() if re.fullmatch(rx, n) and isinstance(m, nn.Linear)}
         if not targets:
             raise ValueError(f"no nn.Linear of the backbone matches {rx}")
-        self.loras = LoRAPool(targets, config.pool_size, config.rank, config.scaling)
+        rows = {}
+        if "qv" in config.target_modules:  # the fused qkv layers, adapted in their q and v rows only
+            rows = {n: target_rows("qv", m.out_features) for n, m in targets.items() if n.endswith(TARGETS["qv"])}
+        self.loras = LoRAPool(targets, config.pool_size, config.rank, config.scaling, rows)
 
     def param_groups(self) -> list[dict]:
         """Keys and classifier at ``lr`` (L2P's recipe), the pool's LoRA factors at ``lora_lr``, both x batch/256."""
