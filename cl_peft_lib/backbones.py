@@ -6,6 +6,18 @@ internet the first time) or a local file loaded through timm's
 ``pretrained_cfg_overlay=dict(file=...)`` path (offline track). The backbone is
 always created with ``num_classes=0``: methods own their heads.
 
+The paper track uses each method's *reference* backbone (``reference_backbone`` of the
+method class, chosen by :meth:`cl_peft_lib.profiles.Profile.backbone_for`): the original
+ImageNet-21k ViT-B/16 (:data:`REF_L2P`) for L2P, DualPrompt and L2L, the in21k model
+fine-tuned on in1k (:data:`REF_SPROMPTS`) for S-Prompts and S-LoRA; ``augreg_in21k`` stays
+registered as an option and as the default of the other methods.
+
+Input normalisation: we always normalise with the backbone's own mean/std (0.5/0.5 for these
+three timm tags, i.e. inputs in [-1, 1], the range the weights were trained on). The
+references differ: l2p-pytorch/dualprompt-pytorch feed unnormalised [0, 1] inputs
+(``datasets.py`` ``build_transform`` ends with ``ToTensor()``), S-Prompts normalises with the
+ImageNet mean/std (``utils/data.py``). We keep the backbone's normalisation (documented deviation).
+
 Chapter: ``notebooks/02_pretrained_backbone.ipynb``.
 """
 from __future__ import annotations
@@ -44,12 +56,24 @@ class BackboneSpec:
     std: tuple[float, float, float] | None = None
 
 
+#: The backbone behind L2P's and DualPrompt's published numbers (timm tag).
+REF_L2P = "vit_base_patch16_224.orig_in21k"
+#: The backbone behind S-Prompts' published numbers (timm tag).
+REF_SPROMPTS = "vit_base_patch16_224.augreg_in21k_ft_in1k"
+
 _OFFLINE_SHAPE = dict(img_size=28, patch_size=4, embed_dim=192, depth=12, num_heads=3)
 
 BACKBONES: dict[str, BackboneSpec] = {
-    # Paper track: ViT-B/16 pretrained on ImageNet-21k (as L2P, S-Prompts and the paper use).
+    # Paper track: ViT-B/16 pretrained on ImageNet-21k (AugReg weights, Steiner et al. 2021): the
+    # paper profile's backbone for methods without a reference backbone of their own.
     "vit_base_patch16_224.augreg_in21k": BackboneSpec(
         "vit_base_patch16_224.augreg_in21k", tag="timm:vit_base_patch16_224.augreg_in21k"),
+    # L2P, DualPrompt (and L2L): the original ImageNet-21k ViT-B/16 of Dosovitskiy et al.; l2p-pytorch
+    # vision_transformer.py (commit 68aaa4c) maps 'vit_base_patch16_224' to .../imagenet21k/ViT-B_16.npz.
+    REF_L2P: BackboneSpec(REF_L2P, tag=f"timm:{REF_L2P}"),
+    # S-Prompts (and S-LoRA): models/sinet.py (commit a26e822) builds timm's plain 'vit_base_patch16_224'
+    # with pretrained=True, which in the timm of 2022 was the AugReg in21k model fine-tuned on in1k.
+    REF_SPROMPTS: BackboneSpec(REF_SPROMPTS, tag=f"timm:{REF_SPROMPTS}"),
     # Offline track: a ViT-Tiny-shaped student distilled by this project (scripts/distill_offline_vit.py).
     # 28 px (the offline images' native size: no resampling), patch 4 -> a 7x7 grid, depth 12 like ViT-B.
     "offline_vit_tiny_p4_28": BackboneSpec(

@@ -32,7 +32,7 @@ from . import distributed as D
 from .backbones import backbone_spec, create_backbone, state_fingerprint
 from .data.base import ConcatImageDataset, has_fast_batches
 from .data.scenarios import BENCHMARKS, Scenario, build_benchmark
-from .data.transforms import to_model_input
+from .data.transforms import apply_augment, epoch_augment_params, to_model_input
 from .evaluation import DEFAULT_EVAL, EvalConfig
 from .methods import ContinualMethod, MethodConfig, TaskContext, get_method_class
 from .metrics import summarize
@@ -130,8 +130,14 @@ def batches(ds: Dataset, batch_size: int, shuffle: bool = False, generator: torc
 
 
 def build_optimizer(cfg: MethodConfig, groups: list[dict], total_steps: int):
-    """Optimizer and per-step scheduler from a method config."""
+    """Optimizer and per-step scheduler from a method config.
+
+    A group with its own ``"lr"`` (already batch-scaled by the method, e.g. L2L's LoRA factors) or
+    ``"weight_decay"`` keeps it; the others get ``cfg.effective_lr`` and ``cfg.weight_decay``. The
+    cosine schedule scales every group's own rate.
+    """
     lr = cfg.effective_lr
+    groups = [dict(g, lr=float(g.get("lr", lr))) for g in groups]
     if cfg.optimizer == "adam":
         opt = torch.optim.Adam(groups, lr=lr, weight_decay=cfg.weight_decay)
     elif cfg.optimizer == "adamw":
@@ -222,16 +228,19 @@ class Runner:
         self.profile = get_profile(cfg.profile)
         device = resolve_device(cfg.device)
         get_method_class(cfg.method)
-        self.mcfg = method_config(cfg.method, self.profile, cfg.method_options)
+        # the reference settings of the method on this benchmark (paper profile), then the run's own options
+        ref_opts = self.profile.method_options(cfg.method, cfg.benchmark)
+        self.mcfg = method_config(cfg.method, self.profile, {**ref_opts, **parse_opts(cfg.method_options)})
+        self.backbone_name = cfg.backbone or self.profile.backbone_for(cfg.method)
         if scenario is None and cfg.benchmark not in BENCHMARKS:
             raise KeyError(f"unknown benchmark '{cfg.benchmark}'; valid: {', '.join(BENCHMARKS)}")
         if backbone is None:
-            backbone_spec(cfg.backbone or self.profile.backbone)
+            backbone_spec(self.backbone_name)
         D.init_from_env(device)  # no-op in one process, and once per process under torchrun
         self.device = D.local_device(device)
         seed_everything(cfg.seed)
         self.scenario = scenario or build_benchmark(cfg.benchmark, self.profile, cfg.seed)
-        self.backbone = backbone or create_backbone(cfg.backbone or self.profile.backbone)
+        self.backbone = backbone or create_backbone(self.backbone_name)
         self.backbone_fingerprint = state_fingerprint(self.backbone)
         seed_everything(cfg.seed)
         mcls = get_method_class(cfg.method)
@@ -291,7 +300,16 @@ class Runner:
                 seed = self.cfg.seed * 1_000_003 + t * 1009
                 g = torch.Generator().manual_seed(seed + epoch)
                 shard = D.Shard(D.rank(), world, seed, epoch) if world > 1 else None
+                # training augmentation (training batches only): a table over the epoch's global positions, drawn
+                # from the same (seed, task, epoch); rank r's local position q is global position q*world + r, so
+                # each sample is augmented alike for any world size and after a resume; the data order is untouched
+                prof = self.profile
+                aug = epoch_augment_params(steps * bs * world, prof.train_augment, (seed + epoch) * 7919 + 104729,
+                                           prof.augment_scale, prof.augment_ratio)
+                pos = torch.arange(steps * bs) * world + D.rank()
                 for step, (x, y) in enumerate(self.model_batches(ds, bs, True, g, shard)):
+                    if aug is not None:
+                        x = apply_augment(x, aug[pos[step * bs:step * bs + len(x)]])
                     last = train_step(m, x, y, opt, scaler, params, cfg, self.device, sched,
                                       f" at task {t}, epoch {epoch}, step {step}")
                     bar.update(1)
@@ -403,7 +421,7 @@ class Runner:
             "task_names": [t.name for t in s.tasks], "class_order": s.class_order,
             "accuracy_matrix": [], "task_id_accuracy": None, "wall_time_s": [], "train_logs": [],
             "trainable_params": m.num_trainable(), "status": "running", "fingerprint": r.fingerprint(),
-            "store_key": run_key(cfg.method, cfg.method_options, backbone_override(cfg.profile, cfg.backbone)),
+            "store_key": run_key(cfg.method, cfg.method_options, backbone_override(cfg.profile, cfg.backbone, cfg.method)),
         }
         if D.world_size() > 1:
             import torch.distributed as dist
@@ -534,7 +552,7 @@ def evaluate_run(cfg: RunConfig, settings: EvalConfig | dict[str, Any] | None = 
     accs, tids = r.evaluate(t, settings)
     record = {"settings": settings.to_dict(), "after_task": t, "accuracy": accs,
               "average_accuracy": sum(accs) / len(accs), "task_id_accuracy": tids, "fingerprint": r.fingerprint(),
-              "store_key": run_key(cfg.method, cfg.method_options, backbone_override(cfg.profile, cfg.backbone)),
+              "store_key": run_key(cfg.method, cfg.method_options, backbone_override(cfg.profile, cfg.backbone, cfg.method)),
               "provenance": provenance(r.device, backbone=r.backbone.cl_tag)}
     if D.is_main():
         atomic_write_json(path, record)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,20 @@ class Profile:
             (``lr_ref_batch``) are scaled for; None: the batch actually used (their published rule).
             ``smoke`` sets 128, the offline batch, so that it trains with the offline learning rates:
             with 16 images per class and 2 epochs, rates cut to 16/256 leave too few steps to learn.
+        val_fraction: share of each class's training images held out as the validation set
+            ``Task.val`` (at least one image of a class with two or more; see
+            :func:`cl_peft_lib.data.scenarios.validation_split`); training uses the rest.
+        train_augment: augmentation of the training batches only (never of evaluation or
+            ``end_task`` batches; :func:`cl_peft_lib.data.transforms.augment_batch`): ``"none"``,
+            ``"crop"`` (random resized crop) or ``"crop_flip"`` (crop, then horizontal flip with p=0.5).
+        augment_scale: area range of the random resized crop, as a share of the image.
+        augment_ratio: aspect-ratio range of the random resized crop.
+        reference_defaults: the paper track's per-method reference settings: each method's
+            ``reference_backbone`` (the backbone its published numbers come from) instead of
+            ``backbone`` when the run names none (:meth:`backbone_for`; an explicit backbone override
+            turns this part off), and the reference's per-benchmark epochs (:meth:`method_options`).
+        backbone_overridden: ``backbone`` was named explicitly (``get_profile(backbone=...)`` or
+            ``$CL_PEFT_BACKBONE``), so it wins over the methods' reference backbones.
     """
 
     name: str
@@ -44,17 +59,56 @@ class Profile:
     num_workers: int = 0
     cil_tasks: int = 5
     lr_batch: int | None = None
+    val_fraction: float = 0.1
+    train_augment: Literal["none", "crop", "crop_flip"] = "none"
+    augment_scale: tuple[float, float] = (0.08, 1.0)
+    augment_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    reference_defaults: bool = False
+    backbone_overridden: bool = False
 
+    def backbone_for(self, method: str) -> str:
+        """The backbone a run of ``method`` uses when it names none: the method class's
+        ``reference_backbone`` under ``reference_defaults`` (unless ``backbone`` was overridden), else ``backbone``."""
+        if self.reference_defaults and not self.backbone_overridden:
+            from .methods import get_method_class
+
+            ref = getattr(get_method_class(method), "reference_backbone", None)
+            if ref:
+                return ref
+        return self.backbone
+
+    def method_options(self, method: str, benchmark: str) -> dict:
+        """Reference settings of ``method`` on ``benchmark`` under ``reference_defaults`` (else none), to be
+        applied before the run's own options: the epochs of the config's ``benchmark_epochs`` (S-Prompts:
+        20 on CORe50, 30 on DomainNet) unless the profile fixes ``epochs``."""
+        if not self.reference_defaults or self.epochs is not None:
+            return {}
+        from .methods import get_method_class
+
+        table = getattr(get_method_class(method).config_cls, "benchmark_epochs", None) or {}
+        return {"epochs": table[benchmark]} if benchmark in table else {}
+
+
+#: The digit-safe augmentation of the offline tracks: no flip (a flipped 2, 3 or 7 is no digit, and
+#: Fashion-MNIST/Animal-MNIST gain little from it at 28 px), and a mild random resized crop
+#: (at least 80% of the area, aspect 0.9-1.1): MNIST digits sit in the central 20x20 of 28x28, so the
+#: crop shifts and rescales them by a few pixels without cutting strokes off.
+OFFLINE_AUGMENT = dict(train_augment="crop", augment_scale=(0.8, 1.0), augment_ratio=(0.9, 1.1))
 
 PROFILES: dict[str, Profile] = {
     # CI: 2 CPU cores, every notebook in minutes.
     "smoke": Profile("smoke", "offline_vit_tiny_p4_28", train_per_class=16, test_per_class=10,
-                     epochs=2, batch_size=16, eval_batch_size=128, lr_batch=128),
+                     epochs=2, batch_size=16, eval_batch_size=128, lr_batch=128, **OFFLINE_AUGMENT),
     # The offline default: real registry data, the project's distilled ViT; CPU-feasible, fast on a GPU.
     "offline": Profile("offline", "offline_vit_tiny_p4_28", train_per_class=300, test_per_class=200,
-                       batch_size=128, eval_batch_size=512),
+                       batch_size=128, eval_batch_size=512, **OFFLINE_AUGMENT),
     # The paper's setting: ViT-B/16 ImageNet-21k, full data sets, the methods' published defaults.
-    "paper": Profile("paper", "vit_base_patch16_224.augreg_in21k", eval_batch_size=256, num_workers=4, cil_tasks=10),
+    # Backbone per method (reference_backbones): L2P/DualPrompt/L2L the original in21k ViT-B/16, S-Prompts
+    # and S-LoRA in21k fine-tuned on in1k (see cl_peft_lib.backbones); augreg_in21k for the others.
+    # Augmentation: l2p-pytorch datasets.py build_transform (commit 62c1dae):
+    # RandomResizedCrop(scale=(0.05, 1.0), ratio=(3/4, 4/3)) + RandomHorizontalFlip(0.5).
+    "paper": Profile("paper", "vit_base_patch16_224.augreg_in21k", eval_batch_size=256, num_workers=4, cil_tasks=10,
+                     train_augment="crop_flip", augment_scale=(0.05, 1.0), reference_defaults=True),
 }
 
 
@@ -72,4 +126,7 @@ def get_profile(name: str | None = None, **overrides) -> Profile:
         raise KeyError(f"unknown profile '{name}'; valid: {', '.join(PROFILES)}")
     if os.environ.get("CL_PEFT_BACKBONE"):
         overrides.setdefault("backbone", os.environ["CL_PEFT_BACKBONE"])
-    return replace(PROFILES[name], **{k: v for k, v in overrides.items() if v is not None})
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if "backbone" in overrides:  # a backbone named explicitly wins over the methods' reference backbones
+        overrides.setdefault("backbone_overridden", True)
+    return replace(PROFILES[name], **overrides)

@@ -84,11 +84,15 @@ def run_key(method: str, options: Mapping[str, Any] | None = None, backbone: str
     return _key("-".join(parts), {"method": method, "options": options, "backbone": backbone})
 
 
-def backbone_override(profile: str, backbone: str | None) -> str | None:
-    """``backbone`` unless it is the profile's own (then None: the run is the profile's default run)."""
+def backbone_override(profile: str, backbone: str | None, method: str | None = None) -> str | None:
+    """``backbone`` unless it is the one the profile gives ``method`` anyway (its own backbone, or the
+    method's reference backbone on the paper profile): then None, the run is the default run."""
     from .profiles import PROFILES
 
-    default = PROFILES[profile].backbone if profile in PROFILES else None
+    if profile not in PROFILES or backbone is None:
+        return backbone
+    p = PROFILES[profile]
+    default = p.backbone_for(method) if method else p.backbone
     return None if backbone == default else backbone
 
 
@@ -107,7 +111,7 @@ def run_dir(profile: str, benchmark: str, method: str, seed: int, options: Mappi
         backbone: override of the profile's backbone (None, or the profile's own: the profile's).
         root: the store's root (default :func:`store_root`).
     """
-    key = run_key(method, options, backbone_override(profile, backbone))
+    key = run_key(method, options, backbone_override(profile, backbone, method))
     return store_root(root) / profile / benchmark / key / f"seed{int(seed)}"
 
 

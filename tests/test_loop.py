@@ -138,8 +138,12 @@ def test_smoke_profile_trains_with_the_offline_learning_rates(method):
 
 
 def test_l2l_default_lr_is_below_l2ps():
-    """L2L keeps L2P's recipe except the learning rate (at L2P's rate the summed LoRA updates diverge, ch. 6)."""
+    """L2L keeps L2P's recipe (keys and head at L2P's rate); only its LoRA factors get their own, 10x lower rate
+    (at L2P's rate the summed LoRA updates diverge, ch. 6)."""
+    from cl_peft_lib.methods.families import scale_lr
+
     l2p, l2l = method_config("l2p", get_profile("offline")), method_config("l2l", get_profile("offline"))
     assert (l2l.pool_size, l2l.top_n, l2l.surrogate_weight, l2l.epochs, l2l.optimizer) == \
         (l2p.pool_size, l2p.top_n, l2p.surrogate_weight, l2p.epochs, l2p.optimizer)
-    assert l2l.effective_lr == pytest.approx(l2p.effective_lr / 10)
+    assert l2l.effective_lr == pytest.approx(l2p.effective_lr)
+    assert scale_lr(l2l, l2l.lora_lr) == pytest.approx(l2p.effective_lr / 10)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,10 +12,12 @@ from peft.tuners.lora import LoraLayer
 from cl_peft_lib.backbones import create_backbone, state_fingerprint
 from cl_peft_lib.data.base import TensorImageDataset
 from cl_peft_lib.data.scenarios import class_incremental, domain_incremental
+from cl_peft_lib.evaluation import EvalConfig
 from cl_peft_lib.loop import RunConfig, run_continual
 from cl_peft_lib.methods import METHODS
 from cl_peft_lib.methods.lora import L2L, L2LConfig, PlainLoRA, SLoRA, SLoRAConfig, lora_numel, matched_rank
 from cl_peft_lib.methods.selection import query_features
+from cl_peft_lib.profiles import PROFILES
 
 D, DEPTH, C = 48, 2, 4  # test_vit_micro: embed_dim 48, depth 2; 4 classes
 KIND = {"lora": "class", "l2l": "class", "slora": "domain"}
@@ -104,10 +107,10 @@ def test_slora_routing_merging_and_query():
         for t in range(3):
             m.backbone.set_adapter(f"task{t}")
             per_domain[tids == t] = m.features(x[tids == t])
-        m.cfg.merged_inference = True
+        m.set_eval(EvalConfig(merged_inference=True))
         merged = m.peft_features(x, tids)
         one_domain = m.peft_features(x, torch.full((8,), 1))
-        m.cfg.merged_inference = False
+        m.set_eval(EvalConfig())
         one_routed = m.peft_features(x, torch.full((8,), 1))
         assert not torch.allclose(per_domain[0], m.peft_features(x[:1], torch.tensor([1]))[0], atol=1e-3)
         torch.testing.assert_close(m.query(x), query_features(frozen, x), atol=0, rtol=0)
@@ -195,10 +198,11 @@ def _scenario(kind: str):
     return domain_incremental("toy-dil", [("plain", tr, te), ("inverted", inv(tr), inv(te))], names)
 
 
-# lr_ref_batch given explicitly (effective lr 0.3 * 8 / 256), independent of the profile's lr_batch
+# lr_ref_batch given explicitly (effective lr 0.3 * 8 / 256), independent of the profile's lr_batch;
+# the LoRA factors' own rate (lora_lr) set to the same value as the rest
 OPTIONS = {"lora": {"epochs": 4, "batch_size": 8, "lr": 0.3, "lr_ref_batch": 256},
-           "l2l": {"epochs": 4, "batch_size": 8, "lr": 0.3, "lr_ref_batch": 256},
-           "slora": {"epochs": 4, "batch_size": 8, "lr": 0.2, "merged_inference": True}}
+           "l2l": {"epochs": 4, "batch_size": 8, "lr": 0.3, "lora_lr": 0.3, "lr_ref_batch": 256},
+           "slora": {"epochs": 4, "batch_size": 8, "lr": 0.2, "lora_lr": 0.2}}
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +222,11 @@ def runs():
         cfg = RunConfig(name, "toy", "smoke", device="cpu", method_options=OPTIONS[name], progress=False)
         METHODS[name], orig = Spy, METHODS[name]
         try:
-            res = run_continual(cfg, scenario=_scenario(KIND[name]), backbone=b)
+            # no training augmentation: the toy classes are positional 4x4 patterns, which random crops
+            # shift across patch boundaries (augmentation has its own tests in test_reference_defaults.py)
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setitem(PROFILES, "smoke", replace(PROFILES["smoke"], train_augment="none"))
+                res = run_continual(cfg, scenario=_scenario(KIND[name]), backbone=b)
         finally:
             METHODS[name] = orig
         out[name] = (res, fp, made[0])
@@ -241,3 +249,34 @@ def test_backbone_bit_identical_after_training(runs, name):
     trained_B = [p for n, p in m.named_parameters() if "lora_B" in n or n.startswith("loras.B")]
     assert trained_B and all(p.abs().sum() > 0 for p in trained_B)  # the adapters did train
     assert _base_fingerprint(m) == fp_before
+
+
+# ----------------------------------------------------------------------------- qv: q and v rows of the fused qkv
+def test_l2l_qv_adapts_only_query_and_value_rows():
+    b = create_backbone("test_vit_micro")
+    cfg = L2LConfig(pool_size=3, top_n=2, rank=2, target_modules="qv")
+    m = L2L(b, "class", C, 2, cfg)
+    assert m.num_trainable() == 3 * D + 3 * DEPTH * 2 * (D + 2 * D) + D * C + C == \
+        L2L.expected_trainable_params(cfg, D, C, depth=DEPTH)
+    assert all(B.shape[1] == 2 * D for B in m.loras.B.values())
+    with torch.no_grad():
+        for B in m.loras.B.values():
+            B.normal_()
+    qkv = b.blocks[0].attn.qkv
+    x = torch.randn(2, 5, D)
+    m.loras.idx = None
+    plain = qkv(x)
+    m.loras.idx = torch.tensor([[0, 1], [2, 0]])
+    adapted = qkv(x)
+    m.loras.idx = None
+    diff = (adapted - plain).abs().amax(dim=(0, 1))
+    assert diff[D:2 * D].max() == 0  # k untouched
+    assert (diff[:D] > 0).all() and (diff[2 * D:] > 0).all()  # q and v adapted
+
+
+def test_qv_is_refused_where_peft_cannot_express_it():
+    with pytest.raises(ValueError, match="only 'l2l'"):
+        PlainLoRA(create_backbone("test_vit_micro"), "class", C, 2, PlainLoRA.config_cls(target_modules="qv"))
+    with pytest.raises(ValueError, match="choose one"):
+        L2LConfig(target_modules="qkv,qv")
+    assert L2LConfig().target_modules == ("qkv",)  # the default target is unchanged

@@ -283,10 +283,11 @@ def test_sprompts_oracle_mode_uses_the_true_domain(toy_scenario, monkeypatch):
     sc = toy_scenario("domain", num_tasks=2, classes=4, per_class=8)
     monkeypatch.setattr("cl_peft_lib.methods.selection.KMeansTaskIdentifier.identify",
                         lambda self, f: torch.zeros(len(f), dtype=torch.long))  # k-means would always say domain 0
-    res = run("sprompts", sc, epochs=1, oracle_task_id=True)
-    assert res["task_id_accuracy"] == [[100.0], [100.0, 100.0]]
-    res = run("sprompts", sc, epochs=1)
-    assert res["task_id_accuracy"][-1] == [100.0, 0.0]
+    r = train_all(runner("sprompts", sc, epochs=1))
+    assert r.evaluate(1)[1] == [100.0, 0.0]
+    from cl_peft_lib.evaluation import EvalConfig
+
+    assert r.evaluate(1, EvalConfig(oracle_task_id=True))[1] == [100.0, 100.0]  # an evaluation setting: no retraining
 
 
 def test_sprompts_checkpoint_roundtrip(toy_scenario):

@@ -124,3 +124,75 @@ def test_read_idx_rejects_garbage(tmp_path):
     p.write_bytes(bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + b"\x00" * 5)
     with pytest.raises(ValueError, match="truncated"):
         read_idx(p)
+
+
+# ----------------------------------------------------------------------------- validation split
+def _distinct(C=4, n=20, seed=0):
+    """Images that are all different (a unique index written into the first pixels), labels 0..C-1."""
+    y = torch.arange(C).repeat_interleave(n)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 255, (len(y), 1, 8, 8), dtype=torch.uint8, generator=g)
+    x[:, 0, 0, 0], x[:, 0, 0, 1] = torch.arange(len(y)) % 256, seed * 100 + torch.arange(len(y)) // 256
+    return TensorImageDataset(x, y)
+
+
+def _keys(ds):
+    x, _ = ds.get_batch(torch.arange(len(ds)))
+    return {bytes(im.numpy()) for im in x}
+
+
+@pytest.mark.parametrize("kind", ["class", "domain"])
+def test_validation_split_disjoint_counted_seeded(kind):
+    tr, te = _distinct(n=20, seed=0), _distinct(n=7, seed=1)
+
+    def build(seed, fraction=0.1):
+        if kind == "class":
+            return class_incremental("t", tr, te, list("abcd"), 2, seed=seed, val_fraction=fraction)
+        return domain_incremental("d", [("a", tr, te), ("b", tr, te)], list("abcd"), val_fraction=fraction, seed=seed)
+
+    s = build(0)
+    for task in s.tasks:
+        val, train, test = task.val, task.train, task.test
+        assert val.base is train.base and not set(val.indices.tolist()) & set(train.indices.tolist())
+        assert len(set(val.indices.tolist()) | set(train.indices.tolist())) == len(val) + len(train)
+        assert not _keys(val) & _keys(train) and not _keys(val) & _keys(test)  # by image content as well
+        counts = torch.bincount(val.targets, minlength=4)[task.classes]
+        assert counts.tolist() == [2] * len(task.classes)  # 10% of 20 per class
+        assert torch.bincount(train.targets, minlength=4)[task.classes].tolist() == [18] * len(task.classes)
+        assert set(val.targets.tolist()) == set(task.classes)  # the task's label space
+    same, other = build(0), build(1)
+    if kind == "class":  # another seed also changes the class order: compare by image identity
+        assert [_keys(t.val) for t in same.tasks] == [_keys(t.val) for t in s.tasks]
+        assert set().union(*map(_keys, (t.val for t in other.tasks))) != set().union(*map(_keys, (t.val for t in s.tasks)))
+    else:
+        assert all(torch.equal(a.val.indices, b.val.indices) for a, b in zip(s.tasks, same.tasks))
+        assert not all(torch.equal(a.val.indices, b.val.indices) for a, b in zip(s.tasks, other.tasks))
+        assert not torch.equal(s.tasks[0].val.indices, s.tasks[1].val.indices)  # each domain its own draw
+    none = build(0, 0.0)
+    assert all(len(t.val) == 0 for t in none.tasks) and sum(len(t.train) for t in none.tasks) == (
+        sum(len(t.train) + len(t.val) for t in s.tasks))
+
+
+def test_validation_count_rule():
+    from cl_peft_lib.data.scenarios import validation_count, validation_split
+
+    assert [validation_count(n, 0.1) for n in (0, 1, 2, 5, 14, 16, 300)] == [0, 0, 1, 1, 1, 2, 30]
+    assert validation_count(2, 0.9) == 1 and validation_count(10, 0.0) == 0  # never the whole class
+    y = torch.tensor([0, 1, 1, 2, 2, 2])
+    fit, val = validation_split(y, 0.5, seed=0)
+    assert torch.bincount(y[val], minlength=3).tolist() == [0, 1, 2] and sorted((fit.tolist() + val.tolist())) == list(range(6))
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        validation_split(y, 1.0, seed=0)
+
+
+def test_benchmarks_carve_validation_from_training():
+    p = get_profile("smoke")  # 16 training images per class -> 2 for validation, 14 for training
+    assert p.val_fraction == 0.1
+    cil = build_benchmark("offline-cil", p, seed=0)
+    for t in cil.tasks:
+        assert torch.bincount(t.val.targets)[t.classes].tolist() == [2] * len(t.classes)
+        assert torch.bincount(t.train.targets)[t.classes].tolist() == [14] * len(t.classes)
+        assert not set(t.val.indices.tolist()) & set(t.train.indices.tolist()) and t.val.base is t.train.base
+    dil = build_benchmark("offline-dil", p, seed=0)
+    assert all(len(t.val) == 20 and len(t.train) == 140 for t in dil.tasks)
+    assert len(build_benchmark("offline-dil", get_profile("smoke", val_fraction=0.0), seed=0).tasks[0].val) == 0

@@ -7,10 +7,18 @@
 * **Domain-incremental** (CORe50, DomainNet, ``offline-dil``): each task is a
   domain; all tasks share one label space.
 
+**Validation split.** Every benchmark carves a seeded validation set out of each task's
+training data (:func:`validation_split`: ``Profile.val_fraction`` of each class, default 10%,
+at least one image of each class that has two or more), kept on ``Task.val``; training uses
+only the rest (``Task.train``) and the test set is never touched. Hyper-parameters are chosen
+on ``Task.val`` (the references tune on the test set: l2p-pytorch and S-Prompts have no
+validation split), so the training sets are ``val_fraction`` smaller than the references'.
+
 Chapter: ``notebooks/01_continual_learning.ipynb``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
@@ -31,6 +39,9 @@ class Task:
         train: training set (labels in the scenario's label space).
         test: test set (labels in the scenario's label space).
         classes: the labels this task trains on.
+        val: validation set carved from the task's training images (disjoint from ``train``
+            and ``test``; same label space); empty when the fraction is 0, None for tasks
+            built by hand.
     """
 
     task_id: int
@@ -38,6 +49,7 @@ class Task:
     train: Dataset
     test: Dataset
     classes: list[int]
+    val: Dataset | None = None
 
 
 @dataclass
@@ -85,8 +97,50 @@ def subsample_per_class(ds: Dataset, n: int | None, seed: int) -> Dataset:
     return SubsetDataset(ds, torch.cat(keep).sort().values)
 
 
+#: Added to the run's seed for the validation draw, so that it is not the draw of the subsets.
+VAL_SEED_OFFSET = 2
+
+
+def validation_count(n: int, fraction: float) -> int:
+    """Validation images taken from a class of ``n``: ``round(fraction * n)``, at least 1 when
+    ``n >= 2`` and ``fraction > 0``, and never all of them (0 for a class of one image)."""
+    if fraction <= 0 or n < 2:
+        return 0
+    return min(n - 1, max(1, int(math.floor(fraction * n + 0.5))))
+
+
+def validation_split(targets: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded per-class split of positions ``0..len(targets)-1`` into (train, validation).
+
+    Args:
+        targets: labels of the training set.
+        fraction: share of each class that goes to validation (:func:`validation_count`).
+        seed: the draw; the same seed gives the same split.
+
+    Returns:
+        ``(train_idx, val_idx)``: sorted, disjoint ``int64`` positions covering all of ``targets``.
+
+    Raises:
+        ValueError: ``fraction`` outside ``[0, 1)``.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {fraction}")
+    g = torch.Generator().manual_seed(seed)
+    val = [torch.zeros(0, dtype=torch.int64)]
+    for c in targets.unique().tolist():
+        idx = (targets == c).nonzero().flatten()
+        k = validation_count(len(idx), fraction)
+        if k:
+            val.append(idx[torch.randperm(len(idx), generator=g)[:k]])
+    val_idx = torch.cat(val).sort().values
+    keep = torch.ones(len(targets), dtype=torch.bool)
+    keep[val_idx] = False
+    return keep.nonzero().flatten(), val_idx
+
+
 def class_incremental(name: str, train: Dataset, test: Dataset, class_names: Sequence[str], num_tasks: int,
-                      seed: int, class_order: Sequence[int] | None = None, datasets: Sequence[str] = ()) -> Scenario:
+                      seed: int, class_order: Sequence[int] | None = None, datasets: Sequence[str] = (),
+                      val_fraction: float = 0.0) -> Scenario:
     """Split a classification data set into ``num_tasks`` tasks of disjoint classes.
 
     Args:
@@ -98,6 +152,9 @@ def class_incremental(name: str, train: Dataset, test: Dataset, class_names: Seq
         seed: shuffles the class order (unless ``class_order`` is given).
         class_order: explicit order of the C classes.
         datasets: source names, for provenance.
+        val_fraction: share of each class's training images moved to ``Task.val``
+            (:func:`validation_split`, drawn with ``seed + VAL_SEED_OFFSET``); the benchmarks
+            pass ``Profile.val_fraction``, direct callers get no validation set by default.
 
     Raises:
         ValueError: C not divisible by N, a class order with duplicates or missing
@@ -125,20 +182,31 @@ def class_incremental(name: str, train: Dataset, test: Dataset, class_names: Seq
     new_label = torch.empty(C, dtype=torch.int64)
     new_label[torch.tensor(class_order)] = torch.arange(C)
     k = C // num_tasks
+    fit_idx, val_idx = validation_split(train.targets, val_fraction, seed + VAL_SEED_OFFSET)
     tasks = []
     for t in range(num_tasks):
         orig = class_order[t * k:(t + 1) * k]
         sel = torch.tensor(orig)
-        tr = SubsetDataset(train, torch.isin(train.targets, sel).nonzero().flatten(), new_label)
+        tr = SubsetDataset(train, fit_idx[torch.isin(train.targets[fit_idx], sel)], new_label)
+        va = SubsetDataset(train, val_idx[torch.isin(train.targets[val_idx], sel)], new_label)
         te = SubsetDataset(test, torch.isin(test.targets, sel).nonzero().flatten(), new_label)
-        tasks.append(Task(t, f"classes {t * k}-{(t + 1) * k - 1}", tr, te, list(range(t * k, (t + 1) * k))))
+        tasks.append(Task(t, f"classes {t * k}-{(t + 1) * k - 1}", tr, te, list(range(t * k, (t + 1) * k)), va))
     names = [class_names[c] for c in class_order]
     return Scenario(name, "class", tasks, names, class_order, list(datasets))
 
 
 def domain_incremental(name: str, domains: Sequence[tuple[str, Dataset, Dataset]], class_names: Sequence[str],
-                       datasets: Sequence[str] = ()) -> Scenario:
+                       datasets: Sequence[str] = (), val_fraction: float = 0.0, seed: int = 0) -> Scenario:
     """One task per domain, all sharing the label space ``0..C-1``.
+
+    Args:
+        name: benchmark name.
+        domains: ``(domain name, train, test)`` per domain, in training order.
+        class_names: the C shared class names.
+        datasets: source names, for provenance.
+        val_fraction: share of each class of each domain's training images moved to ``Task.val``
+            (:func:`validation_split`, domain t drawn with ``(seed + VAL_SEED_OFFSET) * 1000 + t``).
+        seed: the run's seed (only the validation draw uses it).
 
     Raises:
         ValueError: no domains, an empty domain, or labels outside the shared space.
@@ -153,7 +221,9 @@ def domain_incremental(name: str, domains: Sequence[tuple[str, Dataset, Dataset]
                 raise ValueError(f"{name}: domain '{dname}' has an empty {split} set")
             if int(ds.targets.max()) >= C or int(ds.targets.min()) < 0:
                 raise ValueError(f"{name}: domain '{dname}' {split} labels outside 0..{C - 1}")
-        tasks.append(Task(t, dname, tr, te, sorted(tr.targets.unique().tolist())))
+        fit_idx, val_idx = validation_split(tr.targets, val_fraction, (seed + VAL_SEED_OFFSET) * 1000 + t)
+        tasks.append(Task(t, dname, SubsetDataset(tr, fit_idx), te, sorted(tr.targets.unique().tolist()),
+                          SubsetDataset(tr, val_idx)))
     return Scenario(name, "domain", tasks, list(class_names), None, list(datasets))
 
 
@@ -177,7 +247,7 @@ def _offline_cil(profile: Profile, seed: int) -> Scenario:
     train = subsample_per_class(ConcatImageDataset(trs, "offline-cil"), profile.train_per_class, seed)
     test = subsample_per_class(ConcatImageDataset(tes, "offline-cil"), profile.test_per_class, seed + 1)
     return class_incremental("offline-cil", train, test, names, profile.cil_tasks, seed,
-                             datasets=["fashion_mnist", "mnist", "animal_mnist"])
+                             datasets=["fashion_mnist", "mnist", "animal_mnist"], val_fraction=profile.val_fraction)
 
 
 #: The domains of ``offline-dil`` in training order.
@@ -214,7 +284,8 @@ def _offline_dil(profile: Profile, seed: int) -> Scenario:
     """``offline-dil``: digits 0-9 across four domains (see :func:`offline_dil_domains`)."""
     doms = [(n, subsample_per_class(tr, profile.train_per_class, seed),
              subsample_per_class(te, profile.test_per_class, seed + 1)) for n, tr, te in offline_dil_domains()]
-    return domain_incremental("offline-dil", doms, [str(i) for i in range(10)], datasets=["mnist", "optdigits"])
+    return domain_incremental("offline-dil", doms, [str(i) for i in range(10)], datasets=["mnist", "optdigits"],
+                              val_fraction=profile.val_fraction, seed=seed)
 
 
 # ----------------------------------------------------------------------------- paper benchmarks
@@ -226,7 +297,8 @@ def _split_cifar100(profile: Profile, seed: int) -> Scenario:
     tr, te, names = load_cifar100(download=download_allowed())
     tr = subsample_per_class(tr, profile.train_per_class, seed)
     te = subsample_per_class(te, profile.test_per_class, seed + 1)
-    return class_incremental("split-cifar100", tr, te, names, 10, seed, datasets=["cifar100"])
+    return class_incremental("split-cifar100", tr, te, names, 10, seed, datasets=["cifar100"],
+                             val_fraction=profile.val_fraction)
 
 
 def _split_tinyimagenet(profile: Profile, seed: int) -> Scenario:
@@ -236,7 +308,8 @@ def _split_tinyimagenet(profile: Profile, seed: int) -> Scenario:
     tr, te, names = load_tiny_imagenet(download=download_allowed())
     tr = subsample_per_class(tr, profile.train_per_class, seed)
     te = subsample_per_class(te, profile.test_per_class, seed + 1)
-    return class_incremental("split-tinyimagenet", tr, te, names, 10, seed, datasets=["tiny_imagenet"])
+    return class_incremental("split-tinyimagenet", tr, te, names, 10, seed, datasets=["tiny_imagenet"],
+                             val_fraction=profile.val_fraction)
 
 
 def _core50(profile: Profile, seed: int) -> Scenario:
@@ -246,7 +319,7 @@ def _core50(profile: Profile, seed: int) -> Scenario:
     train_domains, test, names = load_core50(download=download_allowed())
     test = subsample_per_class(test, profile.test_per_class, seed + 1)
     doms = [(n, subsample_per_class(d, profile.train_per_class, seed), test) for n, d in train_domains]
-    return domain_incremental("core50", doms, names, datasets=["core50"])
+    return domain_incremental("core50", doms, names, datasets=["core50"], val_fraction=profile.val_fraction, seed=seed)
 
 
 def _domainnet(profile: Profile, seed: int) -> Scenario:
@@ -256,7 +329,8 @@ def _domainnet(profile: Profile, seed: int) -> Scenario:
     doms, names = load_domainnet(download=download_allowed())
     d = [(n, subsample_per_class(tr, profile.train_per_class, seed), subsample_per_class(te, profile.test_per_class, seed + 1))
          for n, (tr, te) in doms.items()]
-    return domain_incremental("domainnet", d, names, datasets=["domainnet"])
+    return domain_incremental("domainnet", d, names, datasets=["domainnet"], val_fraction=profile.val_fraction,
+                              seed=seed)
 
 
 BENCHMARKS: dict[str, Callable[[Profile, int], Scenario]] = {

@@ -12,11 +12,13 @@ Chapter: ``notebooks/01_continual_learning.ipynb`` and ``02_pretrained_backbone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..backbones import REF_L2P
 from .base import ContinualMethod, MethodConfig, TaskContext
 
 
@@ -60,10 +62,15 @@ class LinearProbeConfig(MethodConfig):
 
 
 class LinearProbe(LinearHeadMethod):
-    """Frozen backbone, linear head trained task after task."""
+    """Frozen backbone, linear head trained task after task.
+
+    ``reference_backbone``: L2P's (it is L2P without prompts), so that the paper profile compares the two
+    on the same weights.
+    """
 
     name = "linear_probe"
     config_cls = LinearProbeConfig
+    reference_backbone: ClassVar[str | None] = REF_L2P
 
 
 @dataclass

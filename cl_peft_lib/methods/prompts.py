@@ -94,12 +94,15 @@ class L2PConfig(L2XConfig):
 
     Attributes:
         prompt_length: Lp, tokens per prompt (``--length 5``).
-        prompt_init: prompts start uniform in ``[low, high)``: l2p-pytorch's ``nn.init.uniform_``
-            gives [0, 1) (the JAX original's flax ``uniform()`` gives [0, 0.01)).
+        prompt_init: prompts start uniform in ``[low, high)``: (-1, 1) as the prompt-pool branch of
+            l2p-pytorch ``prompt.py`` (``nn.init.uniform_(self.prompt, -1, 1)`` since commit 173a6af "modify
+            init.uniform bound", unchanged at 3c958ec), the branch L2P runs (``--prompt_pool``); its
+            non-pool branch keeps ``nn.init.uniform_`` = [0, 1), the JAX original (google-research/l2p)
+            flax's ``uniform()`` = [0, 0.01). Both stay available as values of this option.
     """
 
     prompt_length: int = 5
-    prompt_init: tuple[float, float] = (0.0, 1.0)
+    prompt_init: tuple[float, float] = (-1.0, 1.0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
