@@ -13,6 +13,17 @@ from cl_peft_lib.profiles import get_profile
 BB = "test_vit_micro"
 
 
+@pytest.fixture(autouse=True)
+def _no_augmentation(monkeypatch):
+    """The loop's own tests train without augmentation (tests/test_reference_defaults.py covers it): these
+    tiny runs must learn in one to three epochs."""
+    from dataclasses import replace
+
+    from cl_peft_lib.profiles import PROFILES
+
+    monkeypatch.setitem(PROFILES, "smoke", replace(PROFILES["smoke"], train_augment="none"))
+
+
 @pytest.fixture(scope="module")
 def real_cil():
     """offline-cil on real data, 3 tasks of 10 classes, 30 train / 15 test images per class."""
@@ -34,7 +45,8 @@ def test_baselines_learn(method, opts, real_cil, tmp_path):
     res = _run(method, real_cil, tmp_path, opts=opts)
     R = res["accuracy_matrix"]
     assert res["status"] == "complete" and len(R) == 3 and [len(r) for r in R] == [1, 2, 3]
-    assert R[0][0] > 10.0 + 15.0, f"{method} did not learn task 0 (chance 10%): {R}"
+    chance = 100 / real_cil.num_classes  # the reference scoring: all 30 logits, also those of unseen classes
+    assert R[0][0] > chance + 15.0, f"{method} did not learn task 0 (chance {chance:.1f}%): {R}"
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk["accuracy_matrix"] == R and on_disk["metrics"] == res["metrics"]
     assert on_disk["provenance"]["backbone"] == "random:test_vit_micro"

@@ -149,3 +149,21 @@ def test_naming_the_profiles_own_backbone_is_the_default_run():
     own = PROFILES["offline"].backbone
     assert run_dir("offline", "b", "ncm", 0, backbone=own) == run_dir("offline", "b", "ncm", 0)
     assert run_dir("offline", "b", "ncm", 0, backbone="random_vit_tiny_p4_28") != run_dir("offline", "b", "ncm", 0)
+
+
+def test_cli_evaluate_scores_a_finished_run_from_the_store(tmp_path, capsys):
+    from cl_peft_lib.cli import main as cli_main
+
+    base = ["--method", "ncm", "--benchmark", "offline-dil", "--profile", "smoke", "--device", "cpu",
+            "--backbone", BB, "--root", str(tmp_path)]
+    assert cli_main(["evaluate", *base]) == 2  # nothing there yet: a one-line error, no training
+    assert "run it first" in capsys.readouterr().err
+    assert cli_main(["run", *base, "--quiet"]) == 0
+    folder = run_dir("smoke", "offline-dil", "ncm", 0, None, BB, tmp_path)
+    res = json.loads((folder / "results.json").read_text())
+    assert res["store_key"] == folder.parent.name and res["validation"]["average_accuracy"] > 10
+    assert cli_main(["evaluate", *base, "--eval", "split=val"]) == 0
+    val = json.loads(eval_path(folder, {"split": "val"}).read_text())
+    assert val["average_accuracy"] == pytest.approx(res["validation"]["average_accuracy"])
+    assert cli_main(["evaluate", *base, "--eval", "nope=1"]) == 2
+    assert "unknown evaluation setting" in capsys.readouterr().err

@@ -42,6 +42,8 @@ def test_a_selection_from_another_benchmark_or_profile_is_refused(tmp_path):
                              "profile": "smoke", "selected": {"lr": 0.01}}))
     with pytest.raises(TuningError, match="tuned for benchmark 'offline-dil'"):
         load_selection("smoke", "offline-cil", "l2p", tmp_path)
+    p.write_text(json.dumps({"schema": "cl-peft-tune/1", "method": "l2p", "benchmark": "offline-cil",
+                             "profile": "smoke", "selected": {"lr": 0.01}}))
     with pytest.raises(TuningError, match="tuned for profile 'smoke', not 'offline'"):
         load_selection("offline", "offline-cil", "l2p", tmp_path, path=p)
     with pytest.raises(TuningError, match="cl-peft tune"):
