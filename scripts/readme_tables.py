@@ -207,18 +207,34 @@ def from_notebook(path: str | Path) -> dict[str, Bench]:
 
 
 # --------------------------------------------------------------------------- the run store
-def from_runs(root: str | Path) -> dict[str, Bench]:
-    """Per-seed results of ``root/<benchmark>/<method>/seed<k>/results.json`` (complete runs only).
+def from_runs(root: str | Path, tuned: bool = False) -> dict[str, Bench]:
+    """Per-seed results of ``root/<benchmark>/<key>/seed<k>/results.json`` (complete runs only).
+
+    ``root`` is the run store's profile folder (``runs/offline``). Per method, the default run
+    (key = the method's name) is read, or with ``tuned`` the run of the options ``cl-peft tune``
+    selected (``root/<benchmark>/tuned/<method>.json``) where a selection exists.
 
     Raises:
         NoPerSeedValues: no complete run under ``root``.
     """
+    import json
+
     from cl_peft_lib.results import load_result
+    from cl_peft_lib.store import run_key
+
+    def wanted(bench: str, method: str) -> str:
+        sel = Path(root) / bench / "tuned" / f"{method}.json"
+        if not (tuned and sel.is_file()):
+            return method
+        d = json.loads(sel.read_text())
+        opts = {k: tuple(v) if isinstance(v, list) else v for k, v in {**d.get("base_options", {}),
+                                                                       **d["selected"]}.items()}
+        return run_key(method, opts)
 
     benches: dict[str, Bench] = {}
     for p in sorted(Path(root).glob("*/*/seed*/results.json")):
         r = load_result(p)
-        if r.status != "complete" or p.parent.parent.name != r.method:  # other names: runs with options
+        if r.status != "complete" or p.parent.parent.name != wanted(r.benchmark, r.method):
             continue
         b = benches.setdefault(r.benchmark, Bench(r.benchmark, r.scenario, len(r.task_names)))
         b.classes = len(r.class_order) if r.class_order else None
@@ -226,7 +242,7 @@ def from_runs(root: str | Path) -> dict[str, Bench]:
             b.put(r.method, r.seed, k, float(r.metrics[k]), str(p))
         b.params.setdefault(r.method, r.trainable_params)
     if not benches:
-        raise NoPerSeedValues(f"{root}: no complete results.json under <benchmark>/<method>/seed<k>/")
+        raise NoPerSeedValues(f"{root}: no complete results.json under <benchmark>/<key>/seed<k>/")
     return benches
 
 
@@ -288,14 +304,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--notebook", default=str(ROOT / "notebooks" / "05_head_to_head.ipynb"))
-    ap.add_argument("--runs", help="read the run store DIR/<benchmark>/<method>/seed<k>/results.json instead")
+    ap.add_argument("--runs", help="read the run store DIR/<benchmark>/<key>/seed<k>/results.json instead")
+    ap.add_argument("--tuned", action="store_true", help="with --runs: the runs of the options `cl-peft tune` selected")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--write", metavar="README", help="replace the block between the markers in this file")
     g.add_argument("--check", metavar="README", help="exit 1 when this file's block differs")
     args = ap.parse_args(argv)
     try:
         if args.runs:
-            benches, source = from_runs(args.runs), args.runs
+            benches, source = from_runs(args.runs, args.tuned), args.runs
         else:
             benches = from_notebook(args.notebook)
             nb = Path(args.notebook).resolve()
