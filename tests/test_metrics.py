@@ -71,19 +71,22 @@ def loop_file(tmp_path_factory):
     return out / "results.json", res
 
 
-def test_todays_loop_file_reads_as_version_1_and_upgrades(loop_file, tmp_path):
+def test_the_loop_writes_the_schema_and_version_1_files_upgrade(loop_file, tmp_path):
     path, res = loop_file
     on_disk = json.loads(path.read_text())
-    assert "schema_version" not in on_disk  # the loop does not write the schema yet: version 1
+    assert on_disk["schema_version"] == SCHEMA_VERSION  # the loop writes through RunResult
     r = load_result(path)
-    assert (r.schema_version, r.store_key, r.method, r.seed, r.status) == (SCHEMA_VERSION, None, "ncm", 3, "complete")
-    assert r.accuracy_matrix == res["accuracy_matrix"] and r.metrics == res["metrics"]
-    d = r.to_dict()
-    assert d["schema_version"] == SCHEMA_VERSION and {k: v for k, v in d.items() if k != "schema_version"} == on_disk
-    r.store_key = "offline/toy-cil/ncm/seed3"
-    r.save(tmp_path / "results.json")
+    assert (r.schema_version, r.method, r.seed, r.status) == (SCHEMA_VERSION, "ncm", 3, "complete")
+    assert r.accuracy_matrix == res["accuracy_matrix"] and r.metrics == res["metrics"] and r.store_key
+    assert r.to_dict() == on_disk
+    v1 = {k: v for k, v in on_disk.items() if k not in ("schema_version", "store_key", "fingerprint", "validation")}
+    (tmp_path / "v1.json").write_text(json.dumps(v1))  # a file of before the schema
+    old = load_result(tmp_path / "v1.json")
+    assert (old.schema_version, old.store_key, old.accuracy_matrix) == (SCHEMA_VERSION, None, r.accuracy_matrix)
+    old.store_key = "ncm"
+    old.save(tmp_path / "results.json")
     again = load_result(tmp_path / "results.json")
-    assert again == r and again.to_dict() == r.to_dict()  # round trip
+    assert again == old and again.to_dict() == old.to_dict()  # round trip
 
 
 def test_bad_results_files_are_refused_naming_the_file(loop_file, tmp_path):
