@@ -22,30 +22,42 @@
   }
 })();
 
-// @jupyter-widgets/controls 1.x typesets widget labels with the MathJax 2 API
-// (MathJax.Hub.Queue), but the book loads MathJax 3, which has no Hub ("Cannot read
-// properties of undefined (reading 'Queue')"). Sphinx has already put MathJax 3's
-// configuration in window.MathJax; MathJax (deferred) has not run yet. Add a minimal Hub
-// that typesets with MathJax 3, installed from MathJax's own startup hook.
+// @jupyter-widgets/controls typesets widget labels with the MathJax 2 API whenever
+// `window.MathJax` exists (`MathJax.Hub.Queue(...)`), but the book loads MathJax 3, which has no
+// Hub ("Uncaught TypeError: Cannot read properties of undefined (reading 'Queue')").
+// This script runs before embed-amd.js renders any widget, so the shim is installed HERE, at
+// once, on whatever `window.MathJax` is now:
+//  * a page with maths: Sphinx's inline configuration object (MathJax 3 itself is deferred and
+//    not running yet); MathJax 3 keeps the configuration but replaces `window.MathJax` with its
+//    own object on start-up, so the startup hook below adds the Hub to that one as well;
+//  * a page without maths (no MathJax at all): a bare object holding only the Hub, whose Queue
+//    does nothing (there is nothing to typeset);
+//  * MathJax 3 already running: its object gets the Hub.
+// Queue typesets with MathJax 3 once it is ready; before that MathJax 3 typesets the whole page,
+// widget labels included, at start-up anyway.
 (function () {
   var hub = {
-    Queue: function (job) {
-      var el = job && job[2];
-      if (el && window.MathJax && window.MathJax.typesetPromise) {
-        window.MathJax.typesetPromise([el]).catch(function () {});
+    Queue: function () {
+      var mj = window.MathJax;
+      if (!mj || !mj.typesetPromise) { return; }
+      for (var i = 0; i < arguments.length; i++) {
+        var job = arguments[i];
+        var el = job && job[2];
+        if (el && el.nodeType === 1) {
+          mj.typesetPromise([el]).catch(function () {});
+        }
       }
     }
   };
   var cfg = window.MathJax || {};
-  if (cfg.version) {            // MathJax 3 already running
-    if (!cfg.Hub) { cfg.Hub = hub; }
-    return;
+  if (!cfg.Hub) { cfg.Hub = hub; }
+  if (!cfg.version) {           // a configuration: MathJax 3 has not started yet
+    cfg.startup = cfg.startup || {};
+    var ready = cfg.startup.ready;
+    cfg.startup.ready = function () {
+      if (ready) { ready(); } else { window.MathJax.startup.defaultReady(); }
+      if (!window.MathJax.Hub) { window.MathJax.Hub = hub; }
+    };
   }
-  cfg.startup = cfg.startup || {};
-  var ready = cfg.startup.ready;
-  cfg.startup.ready = function () {
-    if (ready) { ready(); } else { window.MathJax.startup.defaultReady(); }
-    window.MathJax.Hub = hub;
-  };
   window.MathJax = cfg;
 })();

@@ -99,11 +99,14 @@ def _make_control(
     import ipywidgets as widgets
 
     labels = list(labels)
+    # "initial": the description label is as wide as its text (the default, a fixed 90 px, cuts
+    # longer ones such as "Trained up to:" into "Trained u...")
+    style = {"description_width": "initial"}
     if control == "dropdown":
-        w = widgets.Dropdown(options=labels, index=0, description=description)
+        w = widgets.Dropdown(options=labels, index=0, description=description, style=style)
         return w, "index"
     if control == "toggle":
-        w = widgets.ToggleButtons(options=labels, index=0, description=description)
+        w = widgets.ToggleButtons(options=labels, index=0, description=description, style=style)
         return w, "index"
     if control == "slider":
         w = widgets.SelectionSlider(
@@ -112,6 +115,7 @@ def _make_control(
             description=description,
             readout=True,
             continuous_update=True,
+            style=style,
         )
         return w, "index"
     raise ValueError(f"control must be 'dropdown', 'slider' or 'toggle', got {control!r}")

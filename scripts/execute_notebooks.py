@@ -12,7 +12,11 @@ Each notebook runs with the working directory ``notebooks/`` and with the
 environment variables ``CL_PEFT_PROFILE`` and ``CL_PEFT_DEVICE`` set from
 ``--profile`` / ``--device`` (the notebooks read them in their ``parameters``
 cell). Widget state is stored in the notebook metadata so the kernel-free
-explorers of ``cl_peft_lib.widgets`` work in the static book.
+explorers of ``cl_peft_lib.widgets`` work in the static book, and the kernels
+draw with IPython's inline matplotlib backend so that every static figure is
+stored as an ``image/png`` output (``MPLBACKEND=Agg`` would store none). The
+notebook metadata key ``cl_peft_execution`` records the backend, profile and
+device the outputs were produced with.
 
 A failing notebook is saved with the outputs it produced up to the error
 (so the traceback can be inspected), the others are still executed and saved,
@@ -31,6 +35,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO / "notebooks"
 PROFILES = ("smoke", "offline", "paper")
+#: matplotlib backend of the kernels: IPython's inline backend, which stores figures as image/png
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+#: notebook metadata key recording how the outputs were produced (tests/test_notebooks.py reads it)
+EXECUTION_KEY = "cl_peft_execution"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -85,6 +93,14 @@ def execute_one(path: Path, timeout: int, kernel: str) -> None:
         store_widget_state=True,
         resources={"metadata": {"path": str(path.parent)}},
     )
+    # recorded before running, so a notebook saved after a failing cell carries it as well
+    nb.metadata[EXECUTION_KEY] = {
+        "script": "scripts/execute_notebooks.py",
+        "mpl_backend": os.environ.get("MPLBACKEND", ""),
+        "store_widget_state": True,
+        "profile": os.environ.get("CL_PEFT_PROFILE", ""),
+        "device": os.environ.get("CL_PEFT_DEVICE", ""),
+    }
     try:
         client.execute()
     finally:
@@ -110,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     )
-    os.environ.setdefault("MPLBACKEND", "Agg")
+    # Figures must reach the notebook as image/png outputs: the kernels use IPython's inline
+    # backend (ipykernel's own default). Set it explicitly, overriding an inherited MPLBACKEND
+    # (e.g. Agg from a CI job): under Agg, `plt.show()` draws nothing into the notebook and the
+    # book's chapters would hold no static figure at all.
+    os.environ["MPLBACKEND"] = INLINE_BACKEND
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
 
     print(f"profile={args.profile} device={args.device} timeout={args.timeout}s", flush=True)

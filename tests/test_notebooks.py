@@ -57,3 +57,69 @@ def test_committed_outputs_are_clean(path):
         assert "device=NVIDIA" in text, f"{path.name} was not executed on a GPU"
     assert "application/vnd.jupyter.widget-state+json" in nb.get("metadata", {}).get("widgets", {}), \
         f"{path.name} has no stored widget state (execute with store_widget_state=True)"
+
+
+#: Chapters whose committed outputs predate the inline-backend fix of scripts/execute_notebooks.py
+#: (they were executed with MPLBACKEND=Agg, so they hold no image/png output at all) and still await
+#: re-execution on the GPU (``make execute PROFILE=offline DEVICE=cuda NOTEBOOKS=...``). REMOVE a
+#: chapter from this set when its re-executed notebook is committed: the xfail is strict, so a
+#: listed chapter that has its figures fails the suite ("XPASS(strict)") until it is removed.
+#: (07_efficiency draws no static figure, only an explorer, so it has nothing to await.)
+AWAITING_GPU_FIGURES = {"01_continual_learning", "02_pretrained_backbone", "03_prompt_tuning",
+                        "04_lora", "05_head_to_head", "06_ablations"}
+#: notebook metadata written by scripts/execute_notebooks.py (how the outputs were produced)
+EXECUTION_KEY = "cl_peft_execution"
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
+
+def _figure_cells(nb):
+    """(index, cell) of every code cell that draws a figure: it calls ``plt.show()`` /
+    ``fig.show()`` / ``display(fig...)``, or an output of it is a Figure's repr (a returned Figure
+    that no inline backend rendered)."""
+    found = []
+    for i, (src, c) in enumerate(_cells(nb)):
+        if c["cell_type"] != "code":
+            continue
+        code = "\n".join(l.split("#", 1)[0] for l in src.splitlines())  # drop comments
+        draws = re.search(r"\b(plt|fig\w*)\.show\(\s*\)|\bdisplay\(\s*fig\w*\s*[,)]", code)
+        returned = any(
+            "".join(o.get("data", {}).get("text/plain", "")).startswith("<Figure size")
+            for o in c.get("outputs", [])
+        )
+        if draws or returned:
+            found.append((i, c))
+    return found
+
+
+def _figure_params():
+    for p in NOTEBOOKS:
+        nb = json.loads(p.read_text())
+        # a chapter executed by the fixed script (its metadata says so) is never excused
+        reexecuted = nb.get("metadata", {}).get(EXECUTION_KEY, {}).get("mpl_backend") == INLINE_BACKEND
+        if p.stem in AWAITING_GPU_FIGURES and not reexecuted:
+            yield pytest.param(p, id=p.stem, marks=pytest.mark.xfail(
+                strict=True,
+                reason="committed outputs were executed with MPLBACKEND=Agg (no image/png); "
+                       "awaiting GPU re-execution: remove the chapter from AWAITING_GPU_FIGURES then"))
+        else:
+            yield pytest.param(p, id=p.stem)
+
+
+@pytest.mark.parametrize("path", _figure_params())
+def test_every_figure_is_stored_as_png(path):
+    """Every cell that draws a figure has an image/png output (the book shows the stored outputs)."""
+    nb = json.loads(path.read_text())
+    cells = _figure_cells(nb)
+    missing = [i for i, c in cells
+               if not any("image/png" in o.get("data", {}) for o in c.get("outputs", []))]
+    assert not missing, (f"{path.name}: figure cells without an image/png output: {missing} "
+                         "(execute with scripts/execute_notebooks.py: inline backend, not MPLBACKEND=Agg)")
+
+
+def test_reexecuted_chapters_leave_the_awaiting_list():
+    """A chapter executed with the inline backend must not stay excused in AWAITING_GPU_FIGURES."""
+    stale = sorted(p.stem for p in NOTEBOOKS if p.stem in AWAITING_GPU_FIGURES and
+                   json.loads(p.read_text()).get("metadata", {}).get(EXECUTION_KEY, {})
+                   .get("mpl_backend") == INLINE_BACKEND)
+    assert not stale, f"re-executed with the inline backend, remove from AWAITING_GPU_FIGURES: {stale}"
+    assert AWAITING_GPU_FIGURES <= {p.stem for p in NOTEBOOKS}, "AWAITING_GPU_FIGURES names a missing chapter"
