@@ -11,7 +11,7 @@ Examples::
 
 Runs live in the run store (:mod:`cl_peft_lib.store`, root ``--root`` / ``$CL_PEFT_RUNS`` / ``runs``).
 
-Chapter: ``notebooks/01_continual_learning.ipynb``.
+Chapter: README (``cli.py``: the commands).
 """
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ divided by ``N``, i.e. the gradient of the mean loss over the global batch. The 
 overlap of communication with the backward pass: negligible for PEFT's few trainable
 parameters, one all-reduce of the model per step for full fine-tuning.
 
-Chapter: ``notebooks/01_continual_learning.ipynb`` (the shared loop); README ("Several GPUs").
+Chapter: README ("Several GPUs", ``distributed.py``).
 """
 from __future__ import annotations
 

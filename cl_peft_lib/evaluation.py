@@ -11,7 +11,8 @@ The defaults follow the reference implementations (l2p-pytorch ``engine.py`` ``e
 S-Prompts ``methods/sprompt.py`` ``_eval_cnn``): all logits are scored (no masking of classes
 not seen yet), the task identity is the method's own guess, prompts are selected per sample.
 
-Chapter: ``notebooks/06_ablations.ipynb`` (oracle task identity on finished runs).
+Chapter: ``notebooks/04_lora.ipynb`` (S-LoRA's merged weights as an evaluation setting); the
+oracle evaluation of chapter 6 goes through :func:`cl_peft_lib.loop.evaluate_run`.
 """
 from __future__ import annotations
 

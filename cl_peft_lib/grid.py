@@ -20,7 +20,7 @@ Example::
     cl-peft grid ... --gpus 0,1                      # these GPUs (indices among the visible ones)
     cl-peft grid ... --workers 2                     # two CPU processes
 
-Chapter: README ("Several GPUs"); the book's comparison chapters read ``grid.json``.
+Chapter: ``notebooks/05_head_to_head.ipynb`` (the head-to-head runs through the grid); README ("Several GPUs").
 """
 from __future__ import annotations
 

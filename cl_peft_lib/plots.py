@@ -1,6 +1,6 @@
 """Figures and tables the chapters share (matplotlib; imported lazily).
 
-Chapters: every notebook under ``notebooks/``.
+Chapters: ``notebooks/01_continual_learning.ipynb`` to ``notebooks/06_ablations.ipynb``.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ overrides of the methods' epochs and batch size. Notebooks read the profile from
 ``$CL_PEFT_PROFILE`` (default ``offline``), so CI shrinks every chapter to
 ``smoke`` without editing it.
 
-Chapter: ``book/intro.md`` (the two tracks).
+Chapter: README (``profiles.py``: the one switch between the tracks).
 """
 from __future__ import annotations
 

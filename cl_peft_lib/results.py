@@ -13,8 +13,7 @@ Example::
     res.metrics["average_accuracy"], res.status, res.provenance["device"]
     res.save(path)                       # atomic; writes schema_version
 
-Chapter: README ("Several GPUs": the grid's ``results.json`` per run); chapter 5
-(``notebooks/05_head_to_head.ipynb``) reads these files.
+Chapter: README (``results.py``: the schema of every run's results).
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ the run store (``<root>/<profile>/<benchmark>/tuned/<method>.json``). Test data 
 The spaces are ours (the paper's L2L/S-LoRA settings are not public): learning rate and the
 size/placement of the PEFT module, around each method's reference default.
 
-Chapter: ``notebooks/05_head_to_head.ipynb`` (tuned vs reference defaults).
+Chapter: README ("The comparison protocol", ``tuning.py``).
 """
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Small helpers: seeding, devices, mixed precision, provenance, atomic JSON."""
+"""Small helpers: seeding, devices, mixed precision, provenance, atomic JSON.
+
+Chapter: ``notebooks/01_continual_learning.ipynb`` (the provenance line every chapter prints).
+"""
 from __future__ import annotations
 
 import datetime as _dt

@@ -28,6 +28,8 @@ Example:
     ...     ax.plot([0, 1], [0, k])
     ...     views[f"slope {k}"] = fig
     >>> stack_explorer(views, "Slope:", control="toggle")  # doctest: +SKIP
+
+Chapter: ``notebooks/01_continual_learning.ipynb`` (the explorers that work without a kernel).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 The offline track has no pretrained ViT to download, so this script makes one:
 a ViT-Tiny-shaped student (the ``offline_vit_*`` entry of
 :mod:`cl_peft_lib.backbones`) learns to reproduce the features of an
-EfficientNet-Lite0 ImageNet-1k teacher (:mod:`cl_peft_lib.teacher`) on a transfer
+EfficientNet-Lite0 ImageNet-1k teacher (``scripts/teacher.py``) on a transfer
 set of **unlabelled training images only**: the train splits of Fashion-MNIST,
 MNIST, optdigits and Animal-MNIST (never a test split), strongly augmented on the
 GPU (random resized crops, rotations, shears, flips, inversion, contrast, random
@@ -55,7 +55,8 @@ import timm  # noqa: E402
 from cl_peft_lib.backbones import WEIGHTS_DIR, backbone_spec, create_backbone  # noqa: E402
 from cl_peft_lib.data.offline import OFFLINE_DATASETS  # noqa: E402
 from cl_peft_lib.data.transforms import to_model_input  # noqa: E402
-from cl_peft_lib.teacher import load_teacher  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/: the build tools
+from teacher import load_teacher  # noqa: E402
 
 DEFAULT_BACKBONE = "offline_vit_tiny_p4_28"
 #: sampling weight of each data set's train split in the transfer set

@@ -8,7 +8,7 @@ image. Resizing to the backbone's input size, channel expansion and
 normalisation happen later, batched, on the training device
 (:func:`cl_peft_lib.data.transforms.to_model_input`).
 
-Chapter: ``notebooks/01_continual_learning.ipynb`` (scenarios and the loop).
+Chapter: ``notebooks/02_pretrained_backbone.ipynb`` (the test sets of all tasks as one data set).
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ Where internet exists, Fashion-MNIST and MNIST can also come from torchvision's
 downloaders, but only when asked (``download=True``, or ``CL_PEFT_DOWNLOAD=1`` for the
 benchmarks): by default nothing reaches for the network.
 
-Chapter: ``notebooks/01_continual_learning.ipynb``.
+Chapter: README (``data/offline.py``: the offline data sets and their packages).
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ dualprompt-pytorch feed unnormalised [0, 1] images (``datasets.py`` ``build_tran
 ``ToTensor()``), S-Prompts normalises with ImageNet's mean/std (``utils/data.py``). Kept as is:
 the backbone's normalisation is the input range its weights were trained for.
 
-Chapter: ``notebooks/01_continual_learning.ipynb``.
+Chapter: README (``data/transforms.py``: preprocessing and augmentation on the device).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 ``METHODS``, ``register_method`` and ``get_method_class`` live in :mod:`.registry`;
 importing this package imports every family, each registering its methods.
 
-Chapter: ``notebooks/01_continual_learning.ipynb`` (the methods interface).
+Chapter: ``notebooks/03_prompt_tuning.ipynb`` (the methods by name).
 """
 from __future__ import annotations
 

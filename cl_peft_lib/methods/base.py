@@ -10,7 +10,7 @@ Mammoth-style lifecycle hooks and never needs to know which method it runs::
         method.end_task(t, context)                 # prototypes, k-means, merging ...
         R[t][i] = accuracy(method.predict(x_i), y_i) for i <= t
 
-Chapter: ``notebooks/01_continual_learning.ipynb`` (the shared loop).
+Chapter: README (``methods/base.py``: the interface of every method).
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ Because query, keys, selection, surrogate loss, k-means and heads live here, an
 L2P-vs-L2L or S-Prompts-vs-S-LoRA comparison changes the PEFT technique and
 nothing else.
 
-Chapters: ``notebooks/03_prompt_tuning.ipynb`` and ``notebooks/04_lora.ipynb``.
+Chapter: README (``families.py``: what the prompt methods and their LoRA swaps share).
 """
 from __future__ import annotations
 

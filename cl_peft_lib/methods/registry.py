@@ -5,7 +5,7 @@ imported (``cl_peft_lib.methods`` imports them all); the loop, the CLI and the g
 names up with :func:`get_method_class`. This module imports only :mod:`.base`, so a
 family can import it without meeting a half-initialised package.
 
-Chapter: ``notebooks/01_continual_learning.ipynb`` (the methods interface).
+Chapter: README (``methods/registry.py``).
 """
 from __future__ import annotations
 

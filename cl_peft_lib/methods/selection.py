@@ -13,7 +13,7 @@ sample uses live here, once, and both families call them:
 * :class:`KMeansTaskIdentifier`: S-Prompts' domain identification: k-means centroids
   of each domain's frozen, L2-normalised features; the nearest centroid names the domain.
 
-Chapters: ``notebooks/03_prompt_tuning.ipynb`` (L2P, S-Prompts) and ``04_lora.ipynb`` (L2L, S-LoRA).
+Chapter: README (``selection.py``: query, keys, k-means shared by both families).
 """
 from __future__ import annotations
 

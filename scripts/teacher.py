@@ -13,7 +13,10 @@ The conversion is checked (``tests/test_offline_backbone.py``) on the 20 labelle
 ImageNet validation images that PyPI ``foolbox`` ships: about 18/20 top-1.
 
 The teacher is used by ``scripts/distill_offline_vit.py`` to make the offline
-backbone (``offline_vit_*`` in :mod:`cl_peft_lib.backbones`).
+backbone (``offline_vit_*`` in :mod:`cl_peft_lib.backbones`): a build tool, so it lives in
+``scripts/`` and not in the runtime package.
+
+Chapter: ``book/appendix_offline_backbone.md`` (how the offline backbone was made).
 """
 from __future__ import annotations
 
