@@ -1,4 +1,4 @@
-"""SD-LoRA (Wu et al., ICLR 2025): scalable decoupled LoRA, a direction and a magnitude per task.
+"""SD-LoRA (Wu et al., ICLR 2025; WuYichen-97/SD-Lora-CL): decoupled LoRA, a direction and a magnitude per task.
 
 Per task t, a LoRA update on the query and value rows of every block's fused ``attn.qkv`` (official
 ``backbone/lora.py`` ``_LoRA_qkv_timm_train``: ``qkv[:, :, :D] += new_q``, ``qkv[:, :, -D:] += new_v``),
@@ -34,14 +34,15 @@ Deviations:
   1.0.9 (``requirements.txt``), i.e. ``augreg2_in21k_ft_in1k``, which :mod:`cl_peft_lib.backbones`
   does not register; the paper profile's default backbone is used until it does.
 
-Names: SD-LoRA's first arXiv version (2501.13198v1) was titled "S-LoRA" (scalable LoRA). It is not
-this library's ``slora``, the S-Prompts-with-LoRA of Wistuba et al. (one LoRA adapter and head per
-domain, routed at test by k-means on frozen features, :class:`~cl_peft_lib.methods.lora.SLoRA`):
-SD-LoRA keeps *every* task's update in one model, with no task identification at test.
+Names: SD-LoRA (ICLR 2025, openreview 5U1rlpX68A) first appeared on arXiv as "S-LoRA" (scalable
+LoRA). It is not this library's ``slora``, the S-Prompts-with-LoRA of Wistuba et al. (one LoRA
+adapter and head per domain, routed at test by k-means on frozen features,
+:class:`~cl_peft_lib.methods.lora.SLoRA`): SD-LoRA keeps *every* task's update in one model, with no task identification at test.
 
-Domain-incremental scenarios: accepted (the paper evaluates class-incremental splits only, its
-DomainNet one included). All domains share one head over the same classes, nothing is masked, and
-no task identity is used at test: the one model sums every domain's update.
+Domain-incremental scenarios: accepted (the official configs are class-incremental splits only,
+DomainNet too: ``exps/sdlora_dom.json``, 69 new classes per task). All domains share one head over
+the same classes, nothing is masked, and no task identity is used at test: the one model sums
+every domain's update.
 
 Trainable parameters over the stream: per task ``blocks * 2 * r * 2D`` (A and B of q and v) plus
 one magnitude, plus the head ``D * C + C``.
