@@ -46,6 +46,10 @@ SEARCH_SPACES: dict[str, list[dict[str, Any]]] = {
     "sprompts": grid_space(lr=[0.03, 0.01, 0.003], prompt_length=[5, 10]),
     "slora": grid_space(lora_lr=[0.03, 0.01, 0.003], rank=[1, 4]),
     "lora": grid_space(lr=[0.003, 0.001, 0.0005], rank=[1, 4]),
+    # issue 17: around the official defaults (InfLoRA Adam 0.0005 rank 10; SD-LoRA SGD 0.008 rank 10). SD-LoRA
+    # (first titled "S-LoRA" on arXiv) is not "slora" above, S-Prompts with per-domain LoRA routed by k-means.
+    "inflora": grid_space(lr=[0.001, 0.0005, 0.00025], rank=[5, 10]),
+    "sdlora": grid_space(lr=[0.02, 0.008, 0.003], rank=[4, 10]),
     "linear_probe": grid_space(lr=[0.3, 0.1, 0.03, 0.01, 0.003, 0.001]),
     "finetune": grid_space(lr=[1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6]),
 }

@@ -15,5 +15,7 @@ for _cls in (Finetune, LinearProbe, Joint, NCM):
     register_method(_cls)
 
 from . import lora, prompts  # noqa: E402,F401  (the PEFT families register themselves on import)
+from . import inflora  # noqa: E402,F401  (InfLoRA, issue 17)
+from . import sdlora  # noqa: E402,F401  (SD-LoRA, issue 17)
 
 __all__ = ["ContinualMethod", "MethodConfig", "TaskContext", "METHODS", "register_method", "get_method_class"]
