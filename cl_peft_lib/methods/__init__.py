@@ -15,5 +15,7 @@ for _cls in (Finetune, LinearProbe, Joint, NCM):
     register_method(_cls)
 
 from . import lora, prompts  # noqa: E402,F401  (the PEFT families register themselves on import)
+from . import ranpac  # noqa: E402,F401  (RanPAC)
+from . import coda  # noqa: E402,F401  (CODA-Prompt)
 
 __all__ = ["ContinualMethod", "MethodConfig", "TaskContext", "METHODS", "register_method", "get_method_class"]
