@@ -140,3 +140,15 @@ def test_smoke_run_learns_above_chance(kind, toy_scenario):
     assert sum(R[-1]) / 2 > 25 + 30, R  # 4 classes: chance 25%
     assert res["trainable_params"] == RanPAC.expected_trainable_params(RanPACConfig(proj_dim=256), 48, 4, 2)
     assert len(res["extra"]["ridge_per_task"]) == 2
+
+
+def test_projection_and_head_run_in_float32_under_bf16_autocast(toy_scenario):
+    sc = toy_scenario("class", num_tasks=2, classes=4, per_class=8)
+    r = train_all(runner(sc, proj_dim=64, ridge=1.0))
+    x = next(r.model_batches(sc.tasks[0].test))[0]
+    m = r.method.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = m.project(torch.randn(4, 48, dtype=torch.bfloat16))
+        out = m.predict(x)
+    assert h.dtype == torch.float32 and out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert (out.argmax(1) == m.predict(x).argmax(1)).float().mean() > 0.9  # only the backbone ran in bf16
