@@ -52,6 +52,9 @@ SEARCH_SPACES: dict[str, list[dict[str, Any]]] = {
     "sdlora": grid_space(lr=[0.02, 0.008, 0.003], rank=[4, 10]),
     "linear_probe": grid_space(lr=[0.3, 0.1, 0.03, 0.01, 0.003, 0.001]),
     "finetune": grid_space(lr=[1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6]),
+    # RanPAC: no rate to tune; the projection width M (0: no projection), lambda is chosen per task anyway
+    "ranpac": grid_space(proj_dim=[0, 1000, 2000, 5000, 10000, 15000]),
+    "coda": grid_space(lr=[0.003, 0.001, 0.0003], prompt_length=[8, 16]),
 }
 
 

@@ -15,7 +15,9 @@ for _cls in (Finetune, LinearProbe, Joint, NCM):
     register_method(_cls)
 
 from . import lora, prompts  # noqa: E402,F401  (the PEFT families register themselves on import)
-from . import inflora  # noqa: E402,F401  (InfLoRA, issue 17)
-from . import sdlora  # noqa: E402,F401  (SD-LoRA, issue 17)
+from . import inflora  # noqa: E402,F401  (InfLoRA)
+from . import sdlora  # noqa: E402,F401  (SD-LoRA)
+from . import ranpac  # noqa: E402,F401  (RanPAC)
+from . import coda  # noqa: E402,F401  (CODA-Prompt)
 
 __all__ = ["ContinualMethod", "MethodConfig", "TaskContext", "METHODS", "register_method", "get_method_class"]

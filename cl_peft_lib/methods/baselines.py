@@ -96,10 +96,13 @@ class NCMConfig(MethodConfig):
 
 
 class NCM(ContinualMethod):
-    """Nearest-class-mean classifier on L2-normalised frozen features.
+    """The SimpleCIL baseline (Zhou et al., 2023, "Revisiting class-incremental learning with pre-trained
+    models"; LAMDA-PILOT ``models/simplecil.py``): a nearest-class-mean classifier on frozen features.
 
     At the end of each task the mean feature of each of its classes becomes a
-    prototype; prediction is cosine similarity to the prototypes.
+    prototype; prediction is cosine similarity to the prototypes. One difference: SimpleCIL averages
+    the raw embeddings (``embedding.mean(0)``, scored by a cosine head), we average L2-normalised ones
+    (read in the mirror sun-hailong/LAMDA-PILOT, commit 3450184).
     """
 
     name = "ncm"
