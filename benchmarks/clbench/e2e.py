@@ -129,7 +129,7 @@ def _run_one(b: Bench, name: str, scen) -> dict:
                 eval_s=round(sum(x["eval"] for x in wt), 2), per_task_wall_s=wt,
                 batch_size=res["config"]["batch_size"],
                 loader_wait_s=round(w["train"] + w["other"], 3),
-                loader_wait_train_s=round(w["train"], 3), loader_wait_eval_s=round(w["other"], 3),
+                loader_wait_train_s=round(w["train"], 6), loader_wait_eval_s=round(w["other"], 6),  # (µs: a fast eval wait rounds to 0 at ms)
                 loader_wait_frac=round((w["train"] + w["other"]) / wall, 4),
                 batches=w["batches"],
                 train_img_s_effective=round(s.e2e_train * s.e2e_epochs / train_s, 1) if train_s else None,
