@@ -16,7 +16,10 @@ from cl_peft_lib.data.paper import (
     PAPER_DATASETS,
     load_cifar100,
     load_core50,
+    IMAGENET_R_URL,
+    imagenet_r_split,
     load_domainnet,
+    load_imagenet_r,
     load_tiny_imagenet,
 )
 
@@ -328,7 +331,7 @@ def test_unknown_domainnet_domain(tmp_path):
 
 def test_registry():
     assert PAPER_DATASETS == {"cifar100": load_cifar100, "tiny_imagenet": load_tiny_imagenet,
-                              "core50": load_core50, "domainnet": load_domainnet}
+                              "core50": load_core50, "domainnet": load_domainnet, "imagenet_r": load_imagenet_r}
 
 
 def _cifar_fix_named(msg: str, path: Path) -> None:
@@ -388,3 +391,86 @@ def test_cifar100_corrupt_file_through_the_cli(tmp_path, monkeypatch, capsys):
     assert rc == 2 and err.startswith("error: ") and "Traceback" not in err, err
     assert "empty or truncated" in err
     _cifar_fix_named(err, bad)
+
+
+# ------------------------------------------------------------------ ImageNet-R
+
+
+def _make_imagenet_r(root: Path, num_classes: int = 200, per_class: int = 5, size: int = 8) -> list[str]:
+    """Write imagenet-r/<wnid>/*.jpg like the release; class k is a solid colour, wnids unsorted on disk."""
+    wnids = [f"n{10_000_000 + 7919 * k:08d}" for k in range(num_classes)]
+    for k, w in enumerate(reversed(wnids)):
+        for j in range(per_class):
+            _solid(root / "imagenet-r" / w / f"art_{j}.jpg", COLOURS[(num_classes - 1 - k) % len(COLOURS)], size=size)
+    return wnids
+
+
+def test_imagenet_r_layout_split_and_labels(tmp_path):
+    wnids = _make_imagenet_r(tmp_path)
+    train, test, names = load_imagenet_r(tmp_path, size=12)
+    assert names == sorted(wnids) and len(names) == 200
+    assert isinstance(train, FileImageDataset) and isinstance(test, FileImageDataset)
+    assert len(train) == 200 * 4 and len(test) == 200 * 1  # 80/20 of 5 images per class
+    assert torch.equal(torch.bincount(train.targets, minlength=200), torch.full((200,), 4))
+    assert torch.equal(torch.bincount(test.targets, minlength=200), torch.ones(200, dtype=torch.int64))
+    assert not set(train.paths) & set(test.paths)
+    for ds in (train, test):
+        for i in (0, len(ds) - 1):
+            x, y = ds[i]
+            assert x.shape == (3, 12, 12) and Path(ds.paths[i]).parent.name == names[y]
+            _assert_colour(x, COLOURS[wnids.index(names[y]) % len(COLOURS)], tol=12)
+    again, again_test, _ = load_imagenet_r(tmp_path)
+    assert again.paths == train.paths and again_test.paths == test.paths  # fixed seed: the same split
+
+
+def test_imagenet_r_split_is_seeded_and_per_class():
+    y = [c for c in range(3) for _ in range(10)]
+    tr, te = imagenet_r_split(y)
+    assert len(tr) == 24 and len(te) == 6 and not set(tr.tolist()) & set(te.tolist())
+    assert torch.equal(torch.bincount(torch.tensor(y)[te]), torch.tensor([2, 2, 2]))
+    assert torch.equal(imagenet_r_split(y)[0], tr)
+    assert not torch.equal(imagenet_r_split(y, seed=1)[0], tr)
+    with pytest.raises(ValueError, match="class 1 has 1 image"):
+        imagenet_r_split([0, 0, 1])
+
+
+def test_imagenet_r_incomplete_extraction(tmp_path):
+    _make_imagenet_r(tmp_path, num_classes=7, per_class=2)
+    with pytest.raises(ValueError, match="found 7 class folders, ImageNet-R has 200"):
+        load_imagenet_r(tmp_path)
+    train, test, names = load_imagenet_r(tmp_path, num_classes=None)
+    assert len(names) == 7 and len(train) == 7 and len(test) == 7
+
+
+def test_imagenet_r_missing_says_where_and_how(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as e:
+        load_imagenet_r(tmp_path)
+    _assert_fix_in(str(e.value), tmp_path / "imagenet-r", "load_imagenet_r", IMAGENET_R_URL)
+
+
+def test_imagenet_r_download_uses_official_tar(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tvu
+
+    seen = []
+
+    def fake(url, download_root, **kw):
+        seen.append(url)
+        _make_imagenet_r(Path(download_root), per_class=2)
+
+    monkeypatch.setattr(tvu, "download_and_extract_archive", fake)
+    train, test, names = load_imagenet_r(tmp_path, download=True)
+    assert seen == [IMAGENET_R_URL] and len(names) == 200 and len(train) == len(test) == 200
+
+
+def test_imagenet_r_benchmark_ten_tasks_of_twenty(tmp_path, monkeypatch):
+    from cl_peft_lib.data.scenarios import BENCHMARKS, build_benchmark
+    from cl_peft_lib.profiles import get_profile
+
+    _make_imagenet_r(tmp_path, per_class=5)
+    monkeypatch.setenv("CL_PEFT_DATA", str(tmp_path))
+    assert "imagenet-r" in BENCHMARKS
+    sc = build_benchmark("imagenet-r", get_profile("paper"), seed=0)
+    assert sc.kind == "class" and sc.num_tasks == 10 and sc.num_classes == 200
+    assert all(len(t.classes) == 20 for t in sc.tasks)
+    assert sc.tasks[3].classes == list(range(60, 80)) and sc.datasets == ["imagenet_r"]
+    assert sum(len(t.train) + len(t.val) for t in sc.tasks) == 800 and sum(len(t.test) for t in sc.tasks) == 200
