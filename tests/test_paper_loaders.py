@@ -167,15 +167,15 @@ def test_tiny_imagenet_missing(tmp_path):
 
 
 def test_tiny_imagenet_download_uses_official_zip(tmp_path, monkeypatch):
-    import torchvision.datasets.utils as tvu
+    from cl_peft_lib.data import download as dl
 
     calls = []
 
-    def fake_download(url, download_root, **kw):
+    def fake_download(url, download_root, *a, **kw):
         calls.append(url)
         _make_tiny(Path(download_root))
 
-    monkeypatch.setattr(tvu, "download_and_extract_archive", fake_download)
+    monkeypatch.setattr(dl, "fetch_and_extract", fake_download)
     train, _, _ = load_tiny_imagenet(tmp_path, download=True, in_memory=False)
     assert calls == ["http://cs231n.stanford.edu/tiny-imagenet-200.zip"] and len(train) == 6
     load_tiny_imagenet(tmp_path, download=True, in_memory=False)  # present: no second download
@@ -300,23 +300,24 @@ def test_domainnet_missing_list_file(tmp_path):
 
 
 def test_domainnet_download_fetches_official_urls(tmp_path, monkeypatch):
-    import torchvision.datasets.utils as tvu
+    from cl_peft_lib.data import download as dl
 
     calls = []
 
-    def fake_zip(url, download_root, **kw):
+    def fake_zip(url, download_root, *a, **kw):
         calls.append(url)
         _make_domainnet(Path(download_root), ("quickdraw",))
         for split in ("train", "test"):
             (Path(download_root) / f"quickdraw_{split}.txt").unlink()
 
-    def fake_url(url, root, **kw):
+    def fake_url(url, dest, *a, **kw):
         calls.append(url)
         split = url.rsplit("_", 1)[1].split(".")[0]
-        (Path(root) / f"quickdraw_{split}.txt").write_text(f"quickdraw/airplane/quickdraw_001_{split}0.jpg 1\n")
+        assert Path(dest).name == f"quickdraw_{split}.txt"
+        Path(dest).write_text(f"quickdraw/airplane/quickdraw_001_{split}0.jpg 1\n")
 
-    monkeypatch.setattr(tvu, "download_and_extract_archive", fake_zip)
-    monkeypatch.setattr(tvu, "download_url", fake_url)
+    monkeypatch.setattr(dl, "fetch_and_extract", fake_zip)
+    monkeypatch.setattr(dl, "fetch", fake_url)
     splits, names = load_domainnet(tmp_path, download=True, domains=("quickdraw",))
     base = "http://csr.bu.edu/ftp/visda/2019/multi-source"
     assert calls == [f"{base}/quickdraw.zip", f"{base}/domainnet/txt/quickdraw_train.txt",
@@ -449,15 +450,15 @@ def test_imagenet_r_missing_says_where_and_how(tmp_path):
 
 
 def test_imagenet_r_download_uses_official_tar(tmp_path, monkeypatch):
-    import torchvision.datasets.utils as tvu
+    from cl_peft_lib.data import download as dl
 
     seen = []
 
-    def fake(url, download_root, **kw):
+    def fake(url, download_root, *a, **kw):
         seen.append(url)
         _make_imagenet_r(Path(download_root), per_class=2)
 
-    monkeypatch.setattr(tvu, "download_and_extract_archive", fake)
+    monkeypatch.setattr(dl, "fetch_and_extract", fake)
     train, test, names = load_imagenet_r(tmp_path, download=True)
     assert seen == [IMAGENET_R_URL] and len(names) == 200 and len(train) == len(test) == 200
 

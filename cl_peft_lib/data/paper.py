@@ -5,7 +5,8 @@ Each loader reads the data set's *official* on-disk release from
 ``~/.cache/cl_peft/data``) and returns the containers of
 :mod:`cl_peft_lib.data.base`: items are ``(uint8 (3, H, W) tensor, int label)``
 and every dataset exposes ``targets`` (``int64``). Nothing is downloaded unless
-``download=True``; when files are missing a :class:`DatasetNotFoundError` says
+``download=True`` (then through :mod:`cl_peft_lib.data.download`: size announced, progress,
+resumable, checksummed where the publisher gives a checksum); when files are missing a :class:`DatasetNotFoundError` says
 which path was looked at and how to obtain the data. Malformed files raise
 ``ValueError`` naming the file and line.
 
@@ -23,6 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from . import download as _dl
 from .base import DatasetNotFoundError, FileImageDataset, TensorImageDataset, data_root
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -102,7 +104,7 @@ def load_cifar100(
     pickles ``train`` and ``test`` (dicts with keys ``b'data'``, an ``(N, 3072)``
     uint8 array of channel-planar rows, and ``b'fine_labels'``) and ``meta``
     (key ``b'fine_label_names'``). With ``download=True`` missing files are
-    fetched and checksum-verified by ``torchvision.datasets.CIFAR100``.
+    fetched and MD5-verified by :func:`cl_peft_lib.data.download.fetch_and_extract`.
 
     Args:
         root: directory holding ``cifar-100-python/``; default :func:`data_root`.
@@ -114,9 +116,7 @@ def load_cifar100(
     root = data_root(root)
     base = root / "cifar-100-python"
     if download and not all((base / f).is_file() for f in ("train", "test", "meta")):
-        from torchvision.datasets import CIFAR100
-
-        CIFAR100(str(root), train=True, download=True)
+        _dl.fetch_and_extract(CIFAR100_URL, root)  # MD5-checked (the checksum torchvision publishes)
     for f in ("train", "test", "meta"):
         if not (base / f).is_file():
             raise _missing("CIFAR-100", base / f, "load_cifar100", root,
@@ -169,9 +169,7 @@ def load_tiny_imagenet(
     root = data_root(root)
     base = root / "tiny-imagenet-200"
     if download and not (base / "wnids.txt").is_file():
-        from torchvision.datasets.utils import download_and_extract_archive
-
-        download_and_extract_archive(TINY_IMAGENET_URL, download_root=str(root))
+        _dl.fetch_and_extract(TINY_IMAGENET_URL, root)
     manual = f"download {TINY_IMAGENET_URL} and unzip it in {root} (creates {base}/)"
     for p in (base / "wnids.txt", base / "words.txt", base / "val" / "val_annotations.txt"):
         if not p.is_file():
@@ -251,9 +249,7 @@ def load_core50(
     root = data_root(root)
     base = root / "core50_128x128"
     if download and not base.is_dir():
-        from torchvision.datasets.utils import download_and_extract_archive
-
-        download_and_extract_archive(CORE50_URL, download_root=str(root))
+        _dl.fetch_and_extract(CORE50_URL, root)
     manual = f"download {CORE50_URL} and unzip it in {root} (creates {base}/s1 ... {base}/s11)"
     for s in CORE50_TRAIN_SESSIONS + CORE50_TEST_SESSIONS:
         if not (base / s).is_dir():
@@ -336,14 +332,12 @@ def load_domainnet(
     for d in domains:
         lists = [root / f"{d}_{split}.txt" for split in ("train", "test")]
         if download:
-            from torchvision.datasets.utils import download_and_extract_archive, download_url
-
             urls = _domainnet_urls(d)
             if not (root / d).is_dir():
-                download_and_extract_archive(urls[0], download_root=str(root))
+                _dl.fetch_and_extract(urls[0], root)
             for url, p in zip(urls[1:], lists):
                 if not p.is_file():
-                    download_url(url, str(root))
+                    _dl.fetch(url, p)
         manual = (f"download {' and '.join(_domainnet_urls(d))} into {root}, "
                   f"then unzip {d}.zip there (creates {root / d}/<class>/...)")
         for p in lists + [root / d]:
@@ -432,9 +426,7 @@ def load_imagenet_r(
     root = data_root(root)
     base = root / "imagenet-r"
     if download and not base.is_dir():
-        from torchvision.datasets.utils import download_and_extract_archive
-
-        download_and_extract_archive(IMAGENET_R_URL, download_root=str(root))
+        _dl.fetch_and_extract(IMAGENET_R_URL, root)
     manual = f"download {IMAGENET_R_URL} and extract it in {root} (tar xf imagenet-r.tar; creates {base}/<wnid>/)"
     if not base.is_dir():
         raise _missing("ImageNet-R", base, "load_imagenet_r", root, manual)
