@@ -111,22 +111,25 @@ WNIDS = ["n01443537", "n01629819", "n01641577"]
 VAL = [("val_0.JPEG", 2), ("val_1.JPEG", 0), ("val_2.JPEG", 1), ("val_3.JPEG", 2)]
 
 
-def _make_tiny(root: Path) -> Path:
+def _make_tiny(root: Path, wnids=WNIDS, val=VAL, size: int = 64) -> Path:
+    """Write tiny-imagenet-200/ like the release: two train images per class, ``val`` as (file, class) pairs."""
     base = root / "tiny-imagenet-200"
     base.mkdir(parents=True)
-    (base / "wnids.txt").write_text("\n".join(WNIDS) + "\n")
-    words = ["n00001740\tentity", f"{WNIDS[0]}\tgoldfish, Carassius auratus",
-             f"{WNIDS[1]}\tEuropean fire salamander, Salamandra salamandra", f"{WNIDS[2]}\tbullfrog, Rana catesbeiana"]
+    (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    named = {WNIDS[0]: "goldfish, Carassius auratus", WNIDS[1]: "European fire salamander, Salamandra salamandra",
+             WNIDS[2]: "bullfrog, Rana catesbeiana"}
+    words = ["n00001740\tentity"] + [f"{w}\t{named.get(w, f'thing {w}')}" for w in wnids]
     (base / "words.txt").write_text("\n".join(words) + "\n")
-    for k, w in enumerate(WNIDS):
+    for k, w in enumerate(wnids):
         for i in range(2):
             # one greyscale image per class, as in the real release
-            _solid(base / "train" / w / "images" / f"{w}_{i}.JPEG", COLOURS[k], 64, mode="L" if i else "RGB")
+            _solid(base / "train" / w / "images" / f"{w}_{i}.JPEG", COLOURS[k % len(COLOURS)], size,
+                   mode="L" if i else "RGB")
         (base / "train" / w / f"{w}_boxes.txt").write_text(f"{w}_0.JPEG\t0\t0\t63\t63\n{w}_1.JPEG\t0\t0\t63\t63\n")
     lines = []
-    for fname, k in VAL:
-        _solid(base / "val" / "images" / fname, COLOURS[k], 64)
-        lines.append(f"{fname}\t{WNIDS[k]}\t0\t0\t63\t63")
+    for fname, k in val:
+        _solid(base / "val" / "images" / fname, COLOURS[k % len(COLOURS)], size)
+        lines.append(f"{fname}\t{wnids[k]}\t0\t0\t63\t63")
     (base / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
     return base
 
