@@ -1,4 +1,4 @@
-"""Command line: ``cl-peft run|evaluate|grid|tune|list|data export``.
+"""Command line: ``cl-peft run|evaluate|grid|tune|list|import|data export``.
 
 Examples::
 
@@ -86,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="option added to every configuration (e.g. epochs=1 for a quick look)")
     sub.add_parser("list", help="list methods, benchmarks, profiles and backbones")
+    # --- cl-peft import (cl_peft_lib.imports) ---
+    im = sub.add_parser("import", help="place a results.json made elsewhere in the run store (no training)")
+    im.add_argument("file", help="path or http(s) URL of a run's results.json")
+    im.add_argument("--root", default=None, help="run store root (default: $CL_PEFT_RUNS or runs)")
+    im.add_argument("--no-verify", action="store_true", help="skip building the run to compare fingerprints")
+    # --- end cl-peft import ---
     d = sub.add_parser("data", help="offline data utilities")
     d.add_argument("action", choices=["export"])
     d.add_argument("dest")
@@ -112,6 +118,15 @@ def main(argv: list[str] | None = None) -> int:
         return _tune(a)
     if a.cmd == "evaluate":
         return _evaluate(a)
+    if a.cmd == "import":  # --- cl-peft import ---
+        from .data.base import DatasetNotFoundError
+        from .imports import import_results
+
+        try:
+            print(f"imported -> {import_results(a.file, a.root, verify=not a.no_verify)}")
+        except (KeyError, ValueError, DatasetNotFoundError) as e:
+            return _error(_message(e))
+        return 0
 
     from .data.base import DatasetNotFoundError
     from .distributed import env_rank

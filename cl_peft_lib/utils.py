@@ -61,15 +61,51 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
+AMP_MODES: tuple[str, ...] = ("auto", "bf16", "fp16", "off")
+
+
+def amp_mode() -> str:
+    """The mixed-precision switch ``$CL_PEFT_AMP``: ``auto`` (unset), ``bf16``, ``fp16`` or ``off``.
+
+    Raises:
+        ValueError: any other value; the message lists the accepted ones.
+    """
+    mode = os.environ.get("CL_PEFT_AMP", "").strip().lower() or "auto"
+    if mode not in AMP_MODES:
+        raise ValueError(f"CL_PEFT_AMP={os.environ['CL_PEFT_AMP']!r} is not a mode; use fp16, bf16 or off "
+                         f"(unset: bf16 where the GPU supports it, else fp16)")
+    return mode
+
+
 def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """Mixed-precision dtype: bf16 on GPUs that support it, fp16 on older ones (T4), None (fp32) on CPU."""
-    if device.type != "cuda":
+    """Mixed-precision dtype on CUDA, None (fp32) elsewhere.
+
+    ``$CL_PEFT_AMP`` chooses (:func:`amp_mode`): unset, bf16 on GPUs that support it and fp16 on
+    older ones (T4); ``fp16`` forces fp16 (the loop's ``GradScaler`` path) even on a bf16 GPU;
+    ``bf16`` forces bf16; ``off`` trains in fp32.
+
+    Raises:
+        ValueError: a bad ``$CL_PEFT_AMP``, or ``bf16`` on a GPU without bf16 support.
+    """
+    mode = amp_mode()
+    if device.type != "cuda" or mode == "off":
         return None
+    if mode == "fp16":
+        return torch.float16
+    if mode == "bf16":
+        if not torch.cuda.is_bf16_supported():
+            raise ValueError("CL_PEFT_AMP=bf16 but this GPU does not support bf16; use fp16 or off")
+        return torch.bfloat16
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def amp_label(device: torch.device) -> str:
+    """The AMP choice as provenance records it: ``bf16``, ``fp16`` or ``off``."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "off"}[amp_dtype(device)]
+
+
 def autocast(device: torch.device):
-    """Autocast context for :func:`amp_dtype` (a no-op on CPU)."""
+    """Autocast context for :func:`amp_dtype` (a no-op on CPU or with ``CL_PEFT_AMP=off``)."""
     dt = amp_dtype(device)
     return torch.autocast(device.type, dtype=dt) if dt is not None else nullcontext()
 
@@ -104,6 +140,7 @@ def provenance(device: torch.device | str | None = None, **extra: Any) -> dict[s
         "python": platform.python_version(),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": _git_commit(),
+        "amp": amp_label(dev),
     }
     info.update(extra)
     return info

@@ -16,7 +16,10 @@ from cl_peft_lib.data.paper import (
     PAPER_DATASETS,
     load_cifar100,
     load_core50,
+    IMAGENET_R_URL,
+    imagenet_r_split,
     load_domainnet,
+    load_imagenet_r,
     load_tiny_imagenet,
 )
 
@@ -108,22 +111,25 @@ WNIDS = ["n01443537", "n01629819", "n01641577"]
 VAL = [("val_0.JPEG", 2), ("val_1.JPEG", 0), ("val_2.JPEG", 1), ("val_3.JPEG", 2)]
 
 
-def _make_tiny(root: Path) -> Path:
+def _make_tiny(root: Path, wnids=WNIDS, val=VAL, size: int = 64) -> Path:
+    """Write tiny-imagenet-200/ like the release: two train images per class, ``val`` as (file, class) pairs."""
     base = root / "tiny-imagenet-200"
     base.mkdir(parents=True)
-    (base / "wnids.txt").write_text("\n".join(WNIDS) + "\n")
-    words = ["n00001740\tentity", f"{WNIDS[0]}\tgoldfish, Carassius auratus",
-             f"{WNIDS[1]}\tEuropean fire salamander, Salamandra salamandra", f"{WNIDS[2]}\tbullfrog, Rana catesbeiana"]
+    (base / "wnids.txt").write_text("\n".join(wnids) + "\n")
+    named = {WNIDS[0]: "goldfish, Carassius auratus", WNIDS[1]: "European fire salamander, Salamandra salamandra",
+             WNIDS[2]: "bullfrog, Rana catesbeiana"}
+    words = ["n00001740\tentity"] + [f"{w}\t{named.get(w, f'thing {w}')}" for w in wnids]
     (base / "words.txt").write_text("\n".join(words) + "\n")
-    for k, w in enumerate(WNIDS):
+    for k, w in enumerate(wnids):
         for i in range(2):
             # one greyscale image per class, as in the real release
-            _solid(base / "train" / w / "images" / f"{w}_{i}.JPEG", COLOURS[k], 64, mode="L" if i else "RGB")
+            _solid(base / "train" / w / "images" / f"{w}_{i}.JPEG", COLOURS[k % len(COLOURS)], size,
+                   mode="L" if i else "RGB")
         (base / "train" / w / f"{w}_boxes.txt").write_text(f"{w}_0.JPEG\t0\t0\t63\t63\n{w}_1.JPEG\t0\t0\t63\t63\n")
     lines = []
-    for fname, k in VAL:
-        _solid(base / "val" / "images" / fname, COLOURS[k], 64)
-        lines.append(f"{fname}\t{WNIDS[k]}\t0\t0\t63\t63")
+    for fname, k in val:
+        _solid(base / "val" / "images" / fname, COLOURS[k % len(COLOURS)], size)
+        lines.append(f"{fname}\t{wnids[k]}\t0\t0\t63\t63")
     (base / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
     return base
 
@@ -164,15 +170,15 @@ def test_tiny_imagenet_missing(tmp_path):
 
 
 def test_tiny_imagenet_download_uses_official_zip(tmp_path, monkeypatch):
-    import torchvision.datasets.utils as tvu
+    from cl_peft_lib.data import download as dl
 
     calls = []
 
-    def fake_download(url, download_root, **kw):
+    def fake_download(url, download_root, *a, **kw):
         calls.append(url)
         _make_tiny(Path(download_root))
 
-    monkeypatch.setattr(tvu, "download_and_extract_archive", fake_download)
+    monkeypatch.setattr(dl, "fetch_and_extract", fake_download)
     train, _, _ = load_tiny_imagenet(tmp_path, download=True, in_memory=False)
     assert calls == ["http://cs231n.stanford.edu/tiny-imagenet-200.zip"] and len(train) == 6
     load_tiny_imagenet(tmp_path, download=True, in_memory=False)  # present: no second download
@@ -297,23 +303,24 @@ def test_domainnet_missing_list_file(tmp_path):
 
 
 def test_domainnet_download_fetches_official_urls(tmp_path, monkeypatch):
-    import torchvision.datasets.utils as tvu
+    from cl_peft_lib.data import download as dl
 
     calls = []
 
-    def fake_zip(url, download_root, **kw):
+    def fake_zip(url, download_root, *a, **kw):
         calls.append(url)
         _make_domainnet(Path(download_root), ("quickdraw",))
         for split in ("train", "test"):
             (Path(download_root) / f"quickdraw_{split}.txt").unlink()
 
-    def fake_url(url, root, **kw):
+    def fake_url(url, dest, *a, **kw):
         calls.append(url)
         split = url.rsplit("_", 1)[1].split(".")[0]
-        (Path(root) / f"quickdraw_{split}.txt").write_text(f"quickdraw/airplane/quickdraw_001_{split}0.jpg 1\n")
+        assert Path(dest).name == f"quickdraw_{split}.txt"
+        Path(dest).write_text(f"quickdraw/airplane/quickdraw_001_{split}0.jpg 1\n")
 
-    monkeypatch.setattr(tvu, "download_and_extract_archive", fake_zip)
-    monkeypatch.setattr(tvu, "download_url", fake_url)
+    monkeypatch.setattr(dl, "fetch_and_extract", fake_zip)
+    monkeypatch.setattr(dl, "fetch", fake_url)
     splits, names = load_domainnet(tmp_path, download=True, domains=("quickdraw",))
     base = "http://csr.bu.edu/ftp/visda/2019/multi-source"
     assert calls == [f"{base}/quickdraw.zip", f"{base}/domainnet/txt/quickdraw_train.txt",
@@ -328,7 +335,7 @@ def test_unknown_domainnet_domain(tmp_path):
 
 def test_registry():
     assert PAPER_DATASETS == {"cifar100": load_cifar100, "tiny_imagenet": load_tiny_imagenet,
-                              "core50": load_core50, "domainnet": load_domainnet}
+                              "core50": load_core50, "domainnet": load_domainnet, "imagenet_r": load_imagenet_r}
 
 
 def _cifar_fix_named(msg: str, path: Path) -> None:
@@ -388,3 +395,86 @@ def test_cifar100_corrupt_file_through_the_cli(tmp_path, monkeypatch, capsys):
     assert rc == 2 and err.startswith("error: ") and "Traceback" not in err, err
     assert "empty or truncated" in err
     _cifar_fix_named(err, bad)
+
+
+# ------------------------------------------------------------------ ImageNet-R
+
+
+def _make_imagenet_r(root: Path, num_classes: int = 200, per_class: int = 5, size: int = 8) -> list[str]:
+    """Write imagenet-r/<wnid>/*.jpg like the release; class k is a solid colour, wnids unsorted on disk."""
+    wnids = [f"n{10_000_000 + 7919 * k:08d}" for k in range(num_classes)]
+    for k, w in enumerate(reversed(wnids)):
+        for j in range(per_class):
+            _solid(root / "imagenet-r" / w / f"art_{j}.jpg", COLOURS[(num_classes - 1 - k) % len(COLOURS)], size=size)
+    return wnids
+
+
+def test_imagenet_r_layout_split_and_labels(tmp_path):
+    wnids = _make_imagenet_r(tmp_path)
+    train, test, names = load_imagenet_r(tmp_path, size=12)
+    assert names == sorted(wnids) and len(names) == 200
+    assert isinstance(train, FileImageDataset) and isinstance(test, FileImageDataset)
+    assert len(train) == 200 * 4 and len(test) == 200 * 1  # 80/20 of 5 images per class
+    assert torch.equal(torch.bincount(train.targets, minlength=200), torch.full((200,), 4))
+    assert torch.equal(torch.bincount(test.targets, minlength=200), torch.ones(200, dtype=torch.int64))
+    assert not set(train.paths) & set(test.paths)
+    for ds in (train, test):
+        for i in (0, len(ds) - 1):
+            x, y = ds[i]
+            assert x.shape == (3, 12, 12) and Path(ds.paths[i]).parent.name == names[y]
+            _assert_colour(x, COLOURS[wnids.index(names[y]) % len(COLOURS)], tol=12)
+    again, again_test, _ = load_imagenet_r(tmp_path)
+    assert again.paths == train.paths and again_test.paths == test.paths  # fixed seed: the same split
+
+
+def test_imagenet_r_split_is_seeded_and_per_class():
+    y = [c for c in range(3) for _ in range(10)]
+    tr, te = imagenet_r_split(y)
+    assert len(tr) == 24 and len(te) == 6 and not set(tr.tolist()) & set(te.tolist())
+    assert torch.equal(torch.bincount(torch.tensor(y)[te]), torch.tensor([2, 2, 2]))
+    assert torch.equal(imagenet_r_split(y)[0], tr)
+    assert not torch.equal(imagenet_r_split(y, seed=1)[0], tr)
+    with pytest.raises(ValueError, match="class 1 has 1 image"):
+        imagenet_r_split([0, 0, 1])
+
+
+def test_imagenet_r_incomplete_extraction(tmp_path):
+    _make_imagenet_r(tmp_path, num_classes=7, per_class=2)
+    with pytest.raises(ValueError, match="found 7 class folders, ImageNet-R has 200"):
+        load_imagenet_r(tmp_path)
+    train, test, names = load_imagenet_r(tmp_path, num_classes=None)
+    assert len(names) == 7 and len(train) == 7 and len(test) == 7
+
+
+def test_imagenet_r_missing_says_where_and_how(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as e:
+        load_imagenet_r(tmp_path)
+    _assert_fix_in(str(e.value), tmp_path / "imagenet-r", "load_imagenet_r", IMAGENET_R_URL)
+
+
+def test_imagenet_r_download_uses_official_tar(tmp_path, monkeypatch):
+    from cl_peft_lib.data import download as dl
+
+    seen = []
+
+    def fake(url, download_root, *a, **kw):
+        seen.append(url)
+        _make_imagenet_r(Path(download_root), per_class=2)
+
+    monkeypatch.setattr(dl, "fetch_and_extract", fake)
+    train, test, names = load_imagenet_r(tmp_path, download=True)
+    assert seen == [IMAGENET_R_URL] and len(names) == 200 and len(train) == len(test) == 200
+
+
+def test_imagenet_r_benchmark_ten_tasks_of_twenty(tmp_path, monkeypatch):
+    from cl_peft_lib.data.scenarios import BENCHMARKS, build_benchmark
+    from cl_peft_lib.profiles import get_profile
+
+    _make_imagenet_r(tmp_path, per_class=5)
+    monkeypatch.setenv("CL_PEFT_DATA", str(tmp_path))
+    assert "imagenet-r" in BENCHMARKS
+    sc = build_benchmark("imagenet-r", get_profile("paper"), seed=0)
+    assert sc.kind == "class" and sc.num_tasks == 10 and sc.num_classes == 200
+    assert all(len(t.classes) == 20 for t in sc.tasks)
+    assert sc.tasks[3].classes == list(range(60, 80)) and sc.datasets == ["imagenet_r"]
+    assert sum(len(t.train) + len(t.val) for t in sc.tasks) == 800 and sum(len(t.test) for t in sc.tasks) == 200

@@ -1,11 +1,12 @@
-"""Loaders for the paper-scale data sets (CIFAR-100, Tiny ImageNet, CORe50, DomainNet).
+"""Loaders for the paper-scale data sets (CIFAR-100, Tiny ImageNet, CORe50, DomainNet, ImageNet-R).
 
 Each loader reads the data set's *official* on-disk release from
 ``data_root(root)`` (``root``, else ``$CL_PEFT_DATA``, else
 ``~/.cache/cl_peft/data``) and returns the containers of
 :mod:`cl_peft_lib.data.base`: items are ``(uint8 (3, H, W) tensor, int label)``
 and every dataset exposes ``targets`` (``int64``). Nothing is downloaded unless
-``download=True``; when files are missing a :class:`DatasetNotFoundError` says
+``download=True`` (then through :mod:`cl_peft_lib.data.download`: size announced, progress,
+resumable, checksummed where the publisher gives a checksum); when files are missing a :class:`DatasetNotFoundError` says
 which path was looked at and how to obtain the data. Malformed files raise
 ``ValueError`` naming the file and line.
 
@@ -23,6 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from . import download as _dl
 from .base import DatasetNotFoundError, FileImageDataset, TensorImageDataset, data_root
 
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
@@ -34,6 +36,12 @@ DOMAINNET_NUM_CLASSES = 345
 CORE50_TRAIN_SESSIONS: tuple[str, ...] = ("s1", "s2", "s4", "s5", "s6", "s8", "s9", "s11")
 CORE50_TEST_SESSIONS: tuple[str, ...] = ("s3", "s7", "s10")
 CORE50_NUM_CLASSES = 50
+IMAGENET_R_URL = "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar"
+IMAGENET_R_NUM_CLASSES = 200
+#: Share of each ImageNet-R class that goes to training (the rest is the test set).
+IMAGENET_R_TRAIN_FRACTION = 0.8
+#: Seed of the fixed ImageNet-R train/test draw (the benchmark's test set never moves with the run seed).
+IMAGENET_R_SPLIT_SEED = 0
 
 
 def _missing(what: str, path: Path, fn: str, root: Path, manual: str) -> DatasetNotFoundError:
@@ -96,7 +104,7 @@ def load_cifar100(
     pickles ``train`` and ``test`` (dicts with keys ``b'data'``, an ``(N, 3072)``
     uint8 array of channel-planar rows, and ``b'fine_labels'``) and ``meta``
     (key ``b'fine_label_names'``). With ``download=True`` missing files are
-    fetched and checksum-verified by ``torchvision.datasets.CIFAR100``.
+    fetched and MD5-verified by :func:`cl_peft_lib.data.download.fetch_and_extract`.
 
     Args:
         root: directory holding ``cifar-100-python/``; default :func:`data_root`.
@@ -108,9 +116,7 @@ def load_cifar100(
     root = data_root(root)
     base = root / "cifar-100-python"
     if download and not all((base / f).is_file() for f in ("train", "test", "meta")):
-        from torchvision.datasets import CIFAR100
-
-        CIFAR100(str(root), train=True, download=True)
+        _dl.fetch_and_extract(CIFAR100_URL, root)  # MD5-checked (the checksum torchvision publishes)
     for f in ("train", "test", "meta"):
         if not (base / f).is_file():
             raise _missing("CIFAR-100", base / f, "load_cifar100", root,
@@ -163,9 +169,7 @@ def load_tiny_imagenet(
     root = data_root(root)
     base = root / "tiny-imagenet-200"
     if download and not (base / "wnids.txt").is_file():
-        from torchvision.datasets.utils import download_and_extract_archive
-
-        download_and_extract_archive(TINY_IMAGENET_URL, download_root=str(root))
+        _dl.fetch_and_extract(TINY_IMAGENET_URL, root)
     manual = f"download {TINY_IMAGENET_URL} and unzip it in {root} (creates {base}/)"
     for p in (base / "wnids.txt", base / "words.txt", base / "val" / "val_annotations.txt"):
         if not p.is_file():
@@ -245,9 +249,7 @@ def load_core50(
     root = data_root(root)
     base = root / "core50_128x128"
     if download and not base.is_dir():
-        from torchvision.datasets.utils import download_and_extract_archive
-
-        download_and_extract_archive(CORE50_URL, download_root=str(root))
+        _dl.fetch_and_extract(CORE50_URL, root)
     manual = f"download {CORE50_URL} and unzip it in {root} (creates {base}/s1 ... {base}/s11)"
     for s in CORE50_TRAIN_SESSIONS + CORE50_TEST_SESSIONS:
         if not (base / s).is_dir():
@@ -330,14 +332,12 @@ def load_domainnet(
     for d in domains:
         lists = [root / f"{d}_{split}.txt" for split in ("train", "test")]
         if download:
-            from torchvision.datasets.utils import download_and_extract_archive, download_url
-
             urls = _domainnet_urls(d)
             if not (root / d).is_dir():
-                download_and_extract_archive(urls[0], download_root=str(root))
+                _dl.fetch_and_extract(urls[0], root)
             for url, p in zip(urls[1:], lists):
                 if not p.is_file():
-                    download_url(url, str(root))
+                    _dl.fetch(url, p)
         manual = (f"download {' and '.join(_domainnet_urls(d))} into {root}, "
                   f"then unzip {d}.zip there (creates {root / d}/<class>/...)")
         for p in lists + [root / d]:
@@ -352,9 +352,104 @@ def load_domainnet(
     return out, [n if n is not None else f"class_{k}" for k, n in enumerate(names)]
 
 
+# ---------------------------------------------------------------------------- ImageNet-R
+
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def imagenet_r_split(targets: Sequence[int], train_fraction: float = IMAGENET_R_TRAIN_FRACTION,
+                     seed: int = IMAGENET_R_SPLIT_SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded per-class train/test split of positions ``0..len(targets)-1``.
+
+    Each class keeps ``floor(train_fraction * n + 0.5)`` images for training, clipped to
+    ``1..n-1`` so that a class of two or more images has both train and test images.
+
+    Returns:
+        ``(train_idx, test_idx)``: sorted, disjoint ``int64`` positions covering all of ``targets``.
+
+    Raises:
+        ValueError: ``train_fraction`` outside ``(0, 1)``, or a class of a single image.
+    """
+    if not 0 < train_fraction < 1:
+        raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    y = torch.as_tensor(list(targets), dtype=torch.int64)
+    g = torch.Generator().manual_seed(seed)
+    train = [torch.zeros(0, dtype=torch.int64)]
+    for c in y.unique().tolist():
+        idx = (y == c).nonzero().flatten()
+        if len(idx) < 2:
+            raise ValueError(f"ImageNet-R class {c} has {len(idx)} image(s); a train/test split needs at least 2")
+        k = min(len(idx) - 1, max(1, int(np.floor(train_fraction * len(idx) + 0.5))))
+        train.append(idx[torch.randperm(len(idx), generator=g)[:k]])
+    train_idx = torch.cat(train).sort().values
+    keep = torch.ones(len(y), dtype=torch.bool)
+    keep[train_idx] = False
+    return train_idx, keep.nonzero().flatten()
+
+
+def load_imagenet_r(
+    root: str | os.PathLike | None = None,
+    download: bool = False,
+    size: int = 224,
+    num_classes: int | None = IMAGENET_R_NUM_CLASSES,
+) -> tuple[FileImageDataset, FileImageDataset, list[str]]:
+    """Load ImageNet-R (200 ImageNet classes rendered as art, cartoons, sketches, ...; 30,000 images).
+
+    On-disk format: the release ``imagenet-r/<wnid>/*.jpg`` (from ``imagenet-r.tar``,
+    https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar; Hendrycks et al. 2021). Labels
+    are the positions of the sorted wnid folders; class names are the wnids.
+
+    The release has no train/test split. The continual-learning references use 80/20:
+    CODA-Prompt (GT-RIPL/CODA-Prompt ``dataloaders/dataloader.py`` @22948d2, ``iIMAGENET_R``)
+    reads fixed lists ``dataloaders/splits/imagenet-r_{train,test}.yaml``, and LAMDA-PILOT
+    (sun-hailong/LAMDA-PILOT ``utils/data.py`` @3450184, ``iImageNetR``) reads pre-split
+    ``imagenet-r/train`` and ``imagenet-r/test`` folders. Their lists are not generated by code
+    in those repositories, so we draw the same proportions ourselves: per class, 80% train and
+    20% test, with the fixed seed :data:`IMAGENET_R_SPLIT_SEED` (:func:`imagenet_r_split`); the
+    test set is thus the same for every run seed, as with the references' fixed lists. Numbers
+    are comparable to theirs in protocol, not image for image.
+
+    Args:
+        root: directory holding ``imagenet-r/``; default :func:`data_root`.
+        download: fetch and extract the tar if the folder is missing.
+        size: side length images are resized to when decoded.
+        num_classes: how many wnid folders the release must have (200); None accepts any number.
+
+    Returns:
+        ``(train, test, class_names)`` (lazily decoding datasets, images ``uint8 (3, size, size)``).
+
+    Raises:
+        DatasetNotFoundError: ``root/imagenet-r`` missing; the message says how to get it.
+        ValueError: a different number of class folders than ``num_classes``, or a class with
+            fewer than two images.
+    """
+    root = data_root(root)
+    base = root / "imagenet-r"
+    if download and not base.is_dir():
+        _dl.fetch_and_extract(IMAGENET_R_URL, root)
+    manual = f"download {IMAGENET_R_URL} and extract it in {root} (tar xf imagenet-r.tar; creates {base}/<wnid>/)"
+    if not base.is_dir():
+        raise _missing("ImageNet-R", base, "load_imagenet_r", root, manual)
+    wnids = sorted(p.name for p in base.iterdir() if p.is_dir())
+    if num_classes is not None and len(wnids) != num_classes:
+        raise ValueError(f"{base}: found {len(wnids)} class folders, ImageNet-R has {num_classes}; "
+                         f"the extraction looks incomplete: {manual}")
+    paths, labels = [], []
+    for k, w in enumerate(wnids):
+        files = sorted(f for f in (base / w).iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES)
+        paths += files
+        labels += [k] * len(files)
+    tr, te = imagenet_r_split(labels)
+    pick = lambda idx: ([paths[i] for i in idx.tolist()], [labels[i] for i in idx.tolist()])  # noqa: E731
+    train = FileImageDataset(*pick(tr), size=size, name="imagenet_r-train")
+    test = FileImageDataset(*pick(te), size=size, name="imagenet_r-test")
+    return train, test, wnids
+
+
 PAPER_DATASETS: dict[str, Callable[..., tuple]] = {
     "cifar100": load_cifar100,
     "tiny_imagenet": load_tiny_imagenet,
     "core50": load_core50,
     "domainnet": load_domainnet,
+    "imagenet_r": load_imagenet_r,
 }

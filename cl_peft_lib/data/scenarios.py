@@ -1,6 +1,6 @@
 """Continual-learning scenarios and the benchmark registry.
 
-* **Class-incremental** (Split CIFAR-100, Split Tiny ImageNet, ``offline-cil``):
+* **Class-incremental** (Split CIFAR-100, Split Tiny ImageNet, ImageNet-R, ``offline-cil``):
   the classes are shuffled once by a seed and cut into N tasks of disjoint class
   sets; labels are renumbered so task t holds labels ``t*k .. (t+1)*k - 1``. At
   test time the model must pick among all classes seen so far, without task id.
@@ -290,26 +290,29 @@ def _offline_dil(profile: Profile, seed: int) -> Scenario:
 
 # ----------------------------------------------------------------------------- paper benchmarks
 
-def _split_cifar100(profile: Profile, seed: int) -> Scenario:
-    """Split CIFAR-100: 100 classes in 10 tasks (L2P, DualPrompt, the paper)."""
-    from .paper import load_cifar100
+def _paper_cil(name: str, loader: str, dataset: str, profile: Profile, seed: int) -> Scenario:
+    """A paper class-incremental benchmark of 10 tasks from ``paper.<loader>`` (subsampled per the profile)."""
+    from . import paper
 
-    tr, te, names = load_cifar100(download=download_allowed())
+    tr, te, names = getattr(paper, loader)(download=download_allowed())
     tr = subsample_per_class(tr, profile.train_per_class, seed)
     te = subsample_per_class(te, profile.test_per_class, seed + 1)
-    return class_incremental("split-cifar100", tr, te, names, 10, seed, datasets=["cifar100"],
-                             val_fraction=profile.val_fraction)
+    return class_incremental(name, tr, te, names, 10, seed, datasets=[dataset], val_fraction=profile.val_fraction)
+
+
+def _split_cifar100(profile: Profile, seed: int) -> Scenario:
+    """Split CIFAR-100: 100 classes in 10 tasks (L2P, DualPrompt, the paper)."""
+    return _paper_cil("split-cifar100", "load_cifar100", "cifar100", profile, seed)
 
 
 def _split_tinyimagenet(profile: Profile, seed: int) -> Scenario:
     """Split Tiny ImageNet: 200 classes in 10 tasks."""
-    from .paper import load_tiny_imagenet
+    return _paper_cil("split-tinyimagenet", "load_tiny_imagenet", "tiny_imagenet", profile, seed)
 
-    tr, te, names = load_tiny_imagenet(download=download_allowed())
-    tr = subsample_per_class(tr, profile.train_per_class, seed)
-    te = subsample_per_class(te, profile.test_per_class, seed + 1)
-    return class_incremental("split-tinyimagenet", tr, te, names, 10, seed, datasets=["tiny_imagenet"],
-                             val_fraction=profile.val_fraction)
+
+def _imagenet_r(profile: Profile, seed: int) -> Scenario:
+    """ImageNet-R: 200 classes in 10 tasks of 20, class-incremental (CODA-Prompt, LAMDA-PILOT; 80/20 split)."""
+    return _paper_cil("imagenet-r", "load_imagenet_r", "imagenet_r", profile, seed)
 
 
 def _core50(profile: Profile, seed: int) -> Scenario:
@@ -340,6 +343,7 @@ BENCHMARKS: dict[str, Callable[[Profile, int], Scenario]] = {
     "split-tinyimagenet": _split_tinyimagenet,
     "core50": _core50,
     "domainnet": _domainnet,
+    "imagenet-r": _imagenet_r,
 }
 
 
