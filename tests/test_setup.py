@@ -97,7 +97,7 @@ def test_offline_loaders_never_download_by_default(monkeypatch):
         build_benchmark("offline-cil", get_profile("smoke"))
 
 
-@pytest.mark.parametrize("bench", ["split-cifar100", "split-tinyimagenet", "core50", "domainnet"])
+@pytest.mark.parametrize("bench", ["split-cifar100", "split-tinyimagenet", "core50", "domainnet", "imagenet-r"])
 def test_paper_benchmarks_say_where_they_looked_instead_of_downloading(bench, tmp_path, monkeypatch):
     import torchvision.datasets.utils as tvu
 
