@@ -18,18 +18,19 @@ from cl_peft_lib.data.paper import DOMAINNET_DOMAINS
 #: the domain-routing ones (S-Prompts, S-LoRA) on the domain-incremental ones.
 CASES = [
     ("split-cifar100", lambda r: _make_cifar(r, [c for c in range(100) for _ in range(3)], list(range(100))), 10,
-     ["l2p", "finetune", "lora"]),
+     ["l2p", "finetune", "lora", "coda"]),
     ("split-tinyimagenet", lambda r: _make_tiny(r, [f"n{k:08d}" for k in range(200)],
                                                 [(f"val_{k}.JPEG", k) for k in range(200)], size=8), 10,
-     ["dualprompt", "linear_probe"]),
-    ("imagenet-r", lambda r: _make_imagenet_r(r, per_class=3), 10, ["l2l", "joint"]),
-    ("core50", _make_core50, 8, ["sprompts", "ncm"]),
+     ["dualprompt", "linear_probe", "ranpac"]),
+    ("imagenet-r", lambda r: _make_imagenet_r(r, per_class=3), 10, ["l2l", "joint", "inflora"]),
+    ("core50", _make_core50, 8, ["sprompts", "ncm", "sdlora"]),
     ("domainnet", lambda r: _make_domainnet(r, DOMAINNET_DOMAINS), 6, ["slora", "joint"]),
 ]
 
 
 #: Options a method needs on the 2-block test backbone (its reference layers do not exist there).
-EXTRA = {"dualprompt": ["g_layers=[0]", "e_layers=[1]"]}
+EXTRA = {"dualprompt": ["g_layers=[0]", "e_layers=[1]"], "coda": ["layers=[0,1]"],
+         "ranpac": ["proj_dim=64"]}  # (RanPAC's reference M=10000 is a GPU setting)
 
 
 @pytest.fixture(autouse=True)
