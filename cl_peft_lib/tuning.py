@@ -150,10 +150,15 @@ def tune(methods: Sequence[str], benchmark: str, profile: str | None = None, see
 
 
 def _check_validation(benchmark: str, profile: str) -> None:
+    """A known benchmark, and validation data to select on (the profile's ``val_fraction`` > 0)."""
     from .data.scenarios import BENCHMARKS
+    from .profiles import get_profile
 
     if benchmark not in BENCHMARKS:
         raise TuningError(f"unknown benchmark '{benchmark}'; valid: {', '.join(BENCHMARKS)}")
+    if not get_profile(profile).val_fraction > 0:
+        raise TuningError(f"profile '{profile}' holds out no validation data (val_fraction=0): tuning would have "
+                          f"to read the test split; use a profile with val_fraction > 0")
 
 
 def load_selection(profile: str, benchmark: str, method: str, root: str | Path | None = None,

@@ -70,3 +70,17 @@ def test_cli_tune_refuses_bad_input_with_one_line(capsys, tmp_path):
     assert cli_main(["tune", "--methods", "l2p", "--benchmark", "nope", "--profile", "smoke",
                      "--root", str(tmp_path)]) == 2
     assert "unknown benchmark 'nope'" in capsys.readouterr().err
+
+
+def test_tuning_without_validation_data_is_refused_before_any_run(monkeypatch, tmp_path):
+    from dataclasses import replace
+
+    from cl_peft_lib.profiles import PROFILES
+
+    monkeypatch.setitem(PROFILES, "smoke", replace(PROFILES["smoke"], val_fraction=0.0))
+
+    def no_run(*a, **k):
+        raise AssertionError("nothing may run")
+
+    with pytest.raises(TuningError, match="no validation data"):
+        tune(["l2p"], "offline-cil", "smoke", root=tmp_path, run=no_run, log=None)
