@@ -1,4 +1,4 @@
-"""Command line: ``cl-peft run|evaluate|grid|tune|list|import|data export``.
+"""Command line: ``cl-peft run|evaluate|grid|tune|protocol|list|import|data export``.
 
 Examples::
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from .options import check_out_dir, parse_opts
@@ -75,9 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--workers", type=int, default=None, help="parallel CPU processes (when no GPU is used)")
     g.add_argument("--backbone", default=None, help="override the profile's backbone")
     g.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="method option for every run")
+    g.add_argument("--tuned", action="store_true",
+                   help="each method with the options `cl-peft tune` selected for the benchmark (methods without "
+                        "a search space at their defaults); the seeds must not be tuning seeds")
+    g.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="start no run after this many seconds (runs in flight finish; exit code 3 if some did not start)")
     t = sub.add_parser("tune", help="select each method's settings on validation data, equal budgets")
     t.add_argument("--methods", required=True, help="comma-separated, e.g. l2p,l2l")
-    t.add_argument("--benchmark", required=True)
+    t.add_argument("--benchmark", required=True, help="a benchmark, or several comma-separated (one grid for all)")
+    t.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="start no trial after this many seconds (exit code 3 if some did not start)")
     t.add_argument("--profile", default=None, help="smoke | offline | paper (default: $CL_PEFT_PROFILE or offline)")
     t.add_argument("--seeds", default=None, help="tuning seeds, comma-separated (default: cl_peft_lib.tuning.TUNE_SEEDS)")
     t.add_argument("--root", default=None, help="run store root (default: $CL_PEFT_RUNS or runs)")
@@ -85,6 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--workers", type=int, default=None, help="parallel CPU processes (when no GPU is used)")
     t.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="option added to every configuration (e.g. epochs=1 for a quick look)")
+    pr = sub.add_parser("protocol", help="the book's comparison: tune every method (equal budgets, validation), "
+                                         "then the tuned head-to-head and the reference defaults on fresh seeds")
+    pr.add_argument("--profile", default=None, help="smoke | offline | paper (default: $CL_PEFT_PROFILE or offline)")
+    pr.add_argument("--root", default=None, help="run store root (default: $CL_PEFT_RUNS or runs)")
+    pr.add_argument("--gpus", default=None, help="GPU slots, e.g. 0,0,0,0,0,0,0,0 (8 runs at a time on GPU 0)")
+    pr.add_argument("--workers", type=int, default=None, help="parallel CPU processes (when no GPU is used)")
+    pr.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                    help="start no run after this many seconds (exit code 3 if some did not start; run it again)")
+    pr.add_argument("--export", default=None, metavar="FILE",
+                    help="write the selections and finished head-to-head runs to FILE (no training)")
+    pr.add_argument("--import", dest="import_", default=None, metavar="FILE",
+                    help="place an exported FILE's selections and runs in the run store (no training)")
     sub.add_parser("list", help="list methods, benchmarks, profiles and backbones")
     # --- cl-peft import (cl_peft_lib.imports) ---
     im = sub.add_parser("import", help="place a results.json made elsewhere in the run store (no training)")
@@ -116,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         return _grid(a)
     if a.cmd == "tune":
         return _tune(a)
+    if a.cmd == "protocol":
+        return _protocol(a)
     if a.cmd == "evaluate":
         return _evaluate(a)
     if a.cmd == "import":  # --- cl-peft import ---
@@ -176,11 +198,23 @@ def _grid(a: argparse.Namespace) -> int:
                                  f"(or give --workers N) to run on CPU processes")
         if a.root:
             check_out_dir(a.root, "--root")
-        grid = run_grid(a.methods, a.benchmarks, a.seeds, a.profile, a.root, a.gpus, a.workers, a.backbone, opts,
-                        summary=a.summary)
+        deadline = time.time() + a.time_limit if a.time_limit is not None else None
+        if a.tuned:
+            from .grid import parse_list, run_cells
+            from .tuning import tuned_cells
+
+            if opts:
+                raise ValueError("--tuned takes each method's options from its selection; leave --opt out")
+            plan = {b: parse_list(a.methods) for b in parse_list(a.benchmarks)}
+            cells = tuned_cells(plan, [int(x) for x in parse_list(a.seeds)], a.profile, a.root)
+            grid = run_cells(cells, a.profile, a.root, a.gpus, a.workers, a.backbone, summary=a.summary,
+                             deadline=deadline)
+        else:
+            grid = run_grid(a.methods, a.benchmarks, a.seeds, a.profile, a.root, a.gpus, a.workers, a.backbone,
+                            opts, summary=a.summary, deadline=deadline)
     except (KeyError, ValueError) as e:
         return _error(_message(e))
-    return 1 if grid["counts"]["failed"] else 0
+    return 1 if grid["counts"]["failed"] else 3 if grid["counts"].get("not_started") else 0
 
 
 def _evaluate(a: argparse.Namespace) -> int:
@@ -210,18 +244,62 @@ def _evaluate(a: argparse.Namespace) -> int:
 def _tune(a: argparse.Namespace) -> int:
     """``cl-peft tune``: every check (spaces, budget, options, seeds) before the first run."""
     from .grid import parse_list
-    from .tuning import TUNE_SEEDS, TuningError, selection_path, tune
+    from .tuning import TUNE_SEEDS, TuningError, selection_path, tune_plan
 
     try:
         seeds = [int(s) for s in parse_list(a.seeds)] if a.seeds else list(TUNE_SEEDS)
-        sels = tune(parse_list(a.methods), a.benchmark, a.profile, seeds, root=a.root,
-                    base_options=parse_opts(a.opt), gpus=a.gpus, workers=a.workers)
+        methods = parse_list(a.methods)
+        plan = {b: methods for b in parse_list(a.benchmark)}
+        deadline = time.time() + a.time_limit if a.time_limit is not None else None
+        sels = tune_plan(plan, a.profile, seeds, root=a.root, base_options=parse_opts(a.opt), gpus=a.gpus,
+                         workers=a.workers, deadline=deadline)
     except (KeyError, ValueError, TuningError) as e:
         return _error(_message(e))
-    for m, s in sels.items():
-        print(f"{m}: selected {s['selected']} (validation A_T {s['selected_val_average_accuracy']:.2f}) -> "
-              f"{selection_path(s['profile'], a.benchmark, m, a.root)}")
-    return 0
+    missing = 0
+    for b in plan:
+        for m in methods:
+            s = sels.get(b, {}).get(m)
+            if s is None:
+                missing += 1
+                print(f"{m} on {b}: not all trials ran (time limit); run the same command again")
+                continue
+            print(f"{m} on {b}: selected {s['selected']} (validation A_T {s['selected_val_average_accuracy']:.2f}) -> "
+                  f"{selection_path(s['profile'], b, m, a.root)}")
+    return 3 if missing else 0
+
+
+def _protocol(a: argparse.Namespace) -> int:
+    """``cl-peft protocol``: tune, then both views of the head-to-head (:mod:`cl_peft_lib.protocol`)."""
+    from .grid import format_summary
+    from .profiles import get_profile
+    from .protocol import plan, run_protocol
+    from .tuning import TuningError
+
+    try:
+        profile = get_profile(a.profile).name
+        plan(profile)  # an unknown profile fails here
+        if a.root:
+            check_out_dir(a.root, "--root")
+        if a.export or a.import_:
+            from .protocol import export_bundle, import_bundle
+
+            n = export_bundle(profile, a.export, a.root) if a.export else import_bundle(a.import_, a.root)
+            print(f"{'exported to ' + a.export if a.export else 'imported from ' + a.import_}: "
+                  f"{n['selections']} selections, {n['runs']} runs")
+            return 0
+        deadline = time.time() + a.time_limit if a.time_limit is not None else None
+        out = run_protocol(profile, a.root, a.gpus, a.workers, deadline, log=print)
+    except (KeyError, ValueError, TuningError) as e:
+        return _error(_message(e))
+    for b, sels in out["selections"].items():
+        for m, s in sels.items():
+            print(f"tuned {m} on {b}: {s['selected']} (validation A_T {s['selected_val_average_accuracy']:.2f})")
+    if out["grid"] is None:
+        print("the time limit came before tuning finished; run the same command again")
+        return 3
+    if out["grid"]["counts"]["failed"]:
+        return 1
+    return 0 if out["complete"] else 3
 
 
 if __name__ == "__main__":

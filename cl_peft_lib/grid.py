@@ -9,7 +9,11 @@ slots (4 CPU threads each) ran chapter 5's 18 offline-dil runs in 184 s of wall 
 of summed run time (3.65x). On a CPU machine ``workers`` runs go in parallel. A run whose
 ``results.json`` says ``complete`` for the same settings is skipped, so re-running the grid
 only does what is missing (an interrupted run resumes from its checkpoint). A failed run is
-reported and the others go on. At the end a grid summary (``<root>/<profile>/grids/<key>.json``,
+reported and the others go on. ``deadline`` (or ``$CL_PEFT_DEADLINE``, a Unix time) stops the
+grid from *starting* runs after that moment: the runs in flight finish, the rest are reported as
+``not started``, and the same command later does only those. :func:`run_cells` runs cells that
+each carry their own options (the tuning trials, the tuned head-to-head); :func:`run_grid` is
+the rectangular case, one set of options for every run. At the end a grid summary (``<root>/<profile>/grids/<key>.json``,
 or ``summary=``) holds every run and, per benchmark and method, the statistics over seeds of the
 final metrics.
 
@@ -56,8 +60,9 @@ class GridRun:
     benchmark: str
     seed: int
     out: str
-    action: str = "pending"  # "skipped" (already complete), "ran"
-    status: str = "pending"  # "complete" or "failed"
+    options: dict[str, Any] = field(default_factory=dict)
+    action: str = "pending"  # "skipped" (already complete), "ran", "not started" (deadline)
+    status: str = "pending"  # "complete", "failed" or "not started"
     slot: str | None = None
     returncode: int | None = None
     wall_s: float | None = None
@@ -119,13 +124,42 @@ def make_slots(gpus: Sequence[int] | str | None = None, workers: int | None = No
             for i in range(n)]
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One run to make: a method with its own options on a benchmark and seed."""
+
+    method: str
+    benchmark: str
+    seed: int
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+def cells_of(methods: Sequence[str], benchmarks: Sequence[str], seeds: Sequence[int],
+             options: Mapping[str, Any] | None = None) -> list[Cell]:
+    """The rectangular grid as cells, benchmark-major (all methods and seeds of a benchmark together)."""
+    return [Cell(m, b, int(s), dict(options or {})) for b in benchmarks for m in methods for s in seeds]
+
+
+def plan_cells(cells: Sequence[Cell], profile: str, backbone: str | None = None,
+               root: str | Path | None = None) -> list[GridRun]:
+    """Each cell's run in its run-store folder (:func:`cl_peft_lib.store.run_dir`); two cells of one folder are refused."""
+    runs = [GridRun(c.method, c.benchmark, int(c.seed),
+                    str(run_dir(profile, c.benchmark, c.method, c.seed, dict(c.options), backbone, root).resolve()),
+                    dict(c.options)) for c in cells]
+    seen: dict[str, GridRun] = {}
+    for r in runs:
+        if r.out in seen:
+            raise ValueError(f"two cells of the grid are the same run ({r.name}, options {r.options}); list it once")
+        seen[r.out] = r
+    return runs
+
+
 def plan(methods: Sequence[str], benchmarks: Sequence[str], seeds: Sequence[int], profile: str,
          options: dict[str, Any] | None = None, backbone: str | None = None,
          root: str | Path | None = None) -> list[GridRun]:
     """The runs of the grid, benchmark-major (all methods and seeds of a benchmark together), each in
     its run-store folder (:func:`cl_peft_lib.store.run_dir`)."""
-    return [GridRun(m, b, int(s), str(run_dir(profile, b, m, s, options, backbone, root).resolve()))
-            for b in benchmarks for m in methods for s in seeds]
+    return plan_cells(cells_of(methods, benchmarks, seeds, options), profile, backbone, root)
 
 
 def summary_path(methods: Sequence[str], benchmarks: Sequence[str], seeds: Sequence[int], profile: str,
@@ -147,7 +181,7 @@ def _read_results(path: Path) -> dict | None:
         return None
 
 
-def is_finished(run: GridRun, profile: str, backbone: str | None, options: dict[str, Any]) -> bool:
+def is_finished(run: GridRun, profile: str, backbone: str | None, options: dict[str, Any] | None = None) -> bool:
     """``results.json`` is complete and was made with these very settings.
 
     A complete result made with other settings is not skipped: the child then meets the
@@ -157,7 +191,7 @@ def is_finished(run: GridRun, profile: str, backbone: str | None, options: dict[
     if not res or res.get("status") != "complete":
         return False
     r = res.get("run", {})
-    want_opts = json.loads(json.dumps(options, default=str))
+    want_opts = json.loads(json.dumps(run.options if options is None else options, default=str))
     return (r.get("method") == run.method and r.get("benchmark") == run.benchmark and r.get("seed") == run.seed
             and res.get("profile") == profile and r.get("backbone") == backbone
             and (r.get("method_options") or {}) == want_opts)
@@ -240,11 +274,25 @@ def format_summary(summary: dict[str, dict[str, dict[str, Any]]], metric: str = 
     return "\n".join(lines)
 
 
+def _deadline(deadline: float | None) -> float | None:
+    """``deadline`` or ``$CL_PEFT_DEADLINE`` (a Unix time), else None."""
+    if deadline is not None:
+        return float(deadline)
+    env = os.environ.get("CL_PEFT_DEADLINE")
+    if not env:
+        return None
+    try:
+        return float(env)
+    except ValueError:
+        raise ValueError(f"CL_PEFT_DEADLINE={env!r} is not a Unix time in seconds (e.g. $(( $(date +%s) + 540 )))") from None
+
+
 def run_grid(methods: Sequence[str] | str, benchmarks: Sequence[str] | str, seeds: Sequence[int] | str = (0,),
              profile: str | None = None, root: str | Path | None = None, gpus: Sequence[int] | str | None = None,
              workers: int | None = None, backbone: str | None = None,
              opts: Sequence[str] | Mapping[str, Any] | None = (),
-             log: Callable[[str], None] | None = print, summary: str | Path | None = None) -> dict[str, Any]:
+             log: Callable[[str], None] | None = print, summary: str | Path | None = None,
+             deadline: float | None = None) -> dict[str, Any]:
     """Run (or skip) every method x benchmark x seed in the run store; write and return the grid summary.
 
     Args:
@@ -259,19 +307,31 @@ def run_grid(methods: Sequence[str] | str, benchmarks: Sequence[str] | str, seed
             checked against every method's config before anything runs.
         log: where progress lines go (None: silent).
         summary: where the summary JSON goes (default :func:`summary_path`).
+        deadline: Unix time after which no run is started (default ``$CL_PEFT_DEADLINE``; None: no limit).
 
     Returns:
-        The summary dict (also written to ``summary``, its path under ``path``): ``config``, ``runs`` (one entry per run with ``action``,
-        ``status``, ``metrics``, ``error``), ``counts`` and ``summary``.
+        The summary dict (also written to ``summary``, its path under ``path``): ``config``, ``runs`` (one entry
+        per run with ``action``, ``status``, ``metrics``, ``error``), ``counts`` and ``summary``.
     """
-    from .backbones import BACKBONES
-    from .data.scenarios import BENCHMARKS
-    from .loop import method_config
-    from .methods import METHODS
-    from .profiles import get_profile
-
     methods, benchmarks = parse_list(methods), parse_list(benchmarks)
     seed_list = [int(s) for s in parse_list(seeds)] if isinstance(seeds, str) else [int(s) for s in seeds]
+    _check_names(methods, benchmarks, backbone)
+    if not seed_list:
+        raise ValueError("no seeds given")
+    options = parse_opts(opts)
+    if summary is None:
+        from .profiles import get_profile
+
+        summary = summary_path(methods, benchmarks, seed_list, get_profile(profile).name, options, backbone, root)
+    return run_cells(cells_of(methods, benchmarks, seed_list, options), profile, root, gpus, workers, backbone,
+                     log, summary, deadline)
+
+
+def _check_names(methods: Sequence[str], benchmarks: Sequence[str], backbone: str | None) -> None:
+    from .backbones import BACKBONES
+    from .data.scenarios import BENCHMARKS
+    from .methods import METHODS
+
     for kind, names, valid in (("method", methods, METHODS), ("benchmark", benchmarks, BENCHMARKS)):
         if not names:
             raise ValueError(f"no {kind}s given")
@@ -280,22 +340,39 @@ def run_grid(methods: Sequence[str] | str, benchmarks: Sequence[str] | str, seed
             raise KeyError(f"unknown {kind}(s) {bad}; valid: {', '.join(sorted(valid))}")
     if backbone is not None and backbone not in BACKBONES:
         raise KeyError(f"unknown backbone '{backbone}'; valid: {', '.join(sorted(BACKBONES))}")
-    if not seed_list:
-        raise ValueError("no seeds given")
+
+
+def run_cells(cells: Sequence[Cell], profile: str | None = None, root: str | Path | None = None,
+              gpus: Sequence[int] | str | None = None, workers: int | None = None, backbone: str | None = None,
+              log: Callable[[str], None] | None = print, summary: str | Path | None = None,
+              deadline: float | None = None) -> dict[str, Any]:
+    """Run (or skip) every cell, each with its own options, in the run store; write and return the summary.
+
+    The arguments are :func:`run_grid`'s, with ``cells`` (:class:`Cell`) in place of methods x benchmarks x seeds
+    x opts. Every cell's options are checked against its method's config before anything runs.
+    """
+    from .loop import method_config
+    from .profiles import get_profile
+
+    cells = list(cells)
+    if not cells:
+        raise ValueError("no runs given")
+    _check_names(list(dict.fromkeys(c.method for c in cells)), list(dict.fromkeys(c.benchmark for c in cells)),
+                 backbone)
     profile = get_profile(profile).name
-    options = parse_opts(opts)
-    for m in methods:  # a bad option fails here, not once per run
-        method_config(m, get_profile(profile), options)
-    opts = format_opts(options)  # what each child gets as --opt; parse_opts gives ``options`` back
+    cells = [Cell(c.method, c.benchmark, int(c.seed), parse_opts(dict(c.options))) for c in cells]
+    for c in cells:  # a bad option fails here, not once per run
+        method_config(c.method, get_profile(profile), dict(c.options))
+    deadline = _deadline(deadline)
     slots = make_slots(gpus, workers)
-    runs = plan(methods, benchmarks, seed_list, profile, options, backbone, root)
+    runs = plan_cells(cells, profile, backbone, root)
     say = log or (lambda s: None)
     lock = threading.Lock()
     t_grid = time.perf_counter()
 
     todo = []
     for r in runs:
-        if is_finished(r, profile, backbone, options):
+        if is_finished(r, profile, backbone):
             r.action, r.status = "skipped", "complete"
             r.metrics = (_read_results(Path(r.out) / "results.json") or {}).get("metrics")
         else:
@@ -311,13 +388,17 @@ def run_grid(methods: Sequence[str] | str, benchmarks: Sequence[str] | str, seed
 
     def execute(r: GridRun) -> None:
         slot = free.get()
+        if deadline is not None and time.time() > deadline:
+            r.action = r.status = "not started"
+            free.put(slot)
+            return
         try:
             r.slot, r.action = slot.name, "ran"
             Path(r.out).mkdir(parents=True, exist_ok=True)
             logf = Path(r.out) / "log.txt"
             t0 = time.perf_counter()
             with open(logf, "w") as f:
-                p = subprocess.Popen(child_command(r, slot, profile, backbone, opts), stdout=f,
+                p = subprocess.Popen(child_command(r, slot, profile, backbone, format_opts(r.options)), stdout=f,
                                      stderr=subprocess.STDOUT, env=child_env(slot))
                 with lock:
                     procs.add(p)
@@ -355,22 +436,38 @@ def run_grid(methods: Sequence[str] | str, benchmarks: Sequence[str] | str, seed
     stats = summarize_grid(runs)
     counts = {"total": len(runs), "ran": sum(r.action == "ran" for r in runs),
               "skipped": sum(r.action == "skipped" for r in runs),
-              "complete": sum(r.status == "complete" for r in runs), "failed": sum(r.status == "failed" for r in runs)}
+              "complete": sum(r.status == "complete" for r in runs), "failed": sum(r.status == "failed" for r in runs),
+              "not_started": sum(r.status == "not started" for r in runs)}
+    methods = list(dict.fromkeys(r.method for r in runs))
+    benchmarks = list(dict.fromkeys(r.benchmark for r in runs))
+    seed_list = list(dict.fromkeys(r.seed for r in runs))
+    option_sets = list({canonical_json(r.options): r.options for r in runs}.values())
     grid = {
         "config": {"methods": methods, "benchmarks": benchmarks, "seeds": seed_list, "profile": profile,
-                   "backbone": backbone, "opts": list(opts), "slots": [s.name for s in slots]},
+                   "backbone": backbone, "opts": list(format_opts(option_sets[0])) if len(option_sets) == 1 else None,
+                   "cells": [{"method": r.method, "benchmark": r.benchmark, "seed": r.seed, "options": r.options}
+                             for r in runs],
+                   "slots": [s.name for s in slots]},
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "wall_s": round(time.perf_counter() - t_grid, 2),
         "counts": counts,
         "runs": [vars(r).copy() for r in runs],
         "summary": stats,
     }
-    path = Path(summary) if summary else summary_path(methods, benchmarks, seed_list, profile, options, backbone, root)
+    if summary:
+        path = Path(summary)
+    else:
+        import hashlib
+
+        ident = hashlib.sha256(canonical_json(grid["config"]["cells"]).encode()).hexdigest()[:10]
+        path = store_root(root) / profile / "grids" / f"{'+'.join(methods)[:40]}-cells-{ident}.json"
     grid["path"] = str(path)
     atomic_write_json(path, grid)
     say(format_summary(stats))
-    say(f"ran {counts['ran']}, skipped {counts['skipped']}, failed {counts['failed']} of {counts['total']}; "
-        f"summary: {path}")
+    say(f"ran {counts['ran']}, skipped {counts['skipped']}, failed {counts['failed']}, "
+        f"not started {counts['not_started']} of {counts['total']}; summary: {path}")
+    if counts["not_started"]:
+        say(f"deadline reached: {counts['not_started']} runs not started; the same command again runs only those")
     for r in runs:
         if r.status == "failed":
             say(f"failed: {r.name} ({r.out}/log.txt): {r.error}")

@@ -71,7 +71,12 @@ def import_results(source: str | os.PathLike, root: str | os.PathLike | None = N
             fingerprint, a fingerprint this library does not give these settings, a store key
             other than the folder the settings map to, or a different run already in that folder.
     """
-    d = _read_source(source)
+    return place_result(_read_source(source), source, root, verify, device)
+
+
+def place_result(d: Any, source: str | os.PathLike, root: str | os.PathLike | None = None, verify: bool = True,
+                 device: str = "cpu") -> Path:
+    """:func:`import_results` of a results dict already read (``source`` names where it came from)."""
     try:
         res = RunResult.from_dict(d, source=source)
     except ResultSchemaError as e:
@@ -80,7 +85,8 @@ def import_results(source: str | os.PathLike, root: str | os.PathLike | None = N
         raise ImportResultError(f"{source}: the run is {res.status!r}, only complete runs can be imported")
     if not res.fingerprint:
         raise ImportResultError(f"{source}: no fingerprint (made by an older cl_peft_lib); re-run it instead")
-    opts = dict(res.run.get("method_options") or {})
+    # JSON has no tuples: sequences come back as lists, options hold them as tuples (as tuning.selected_options)
+    opts = {k: tuple(v) if isinstance(v, list) else v for k, v in (res.run.get("method_options") or {}).items()}
     dest = run_dir(res.profile, res.benchmark, res.method, res.seed, options=opts, backbone=res.run.get("backbone"),
                    root=root)
     if res.store_key is not None and res.store_key != dest.parent.name:

@@ -52,8 +52,10 @@ SEARCH_SPACES: dict[str, list[dict[str, Any]]] = {
     "sdlora": grid_space(lr=[0.02, 0.008, 0.003], rank=[4, 10]),
     "linear_probe": grid_space(lr=[0.3, 0.1, 0.03, 0.01, 0.003, 0.001]),
     "finetune": grid_space(lr=[1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6]),
-    # RanPAC: no rate to tune; the projection width M (0: no projection), lambda is chosen per task anyway
-    "ranpac": grid_space(proj_dim=[0, 1000, 2000, 5000, 10000, 15000]),
+    # RanPAC: no rate to tune; the projection width M (0: no projection), lambda is chosen per task anyway.
+    # The reference's M=10000 is for 768-d ViT-B features; the offline ViT has 192, and G (M x M, float64) is
+    # checkpointed after every task (800 MB at M=10000), so the space stops at 4000 (G: 128 MB).
+    "ranpac": grid_space(proj_dim=[0, 250, 500, 1000, 2000, 4000]),
     "coda": grid_space(lr=[0.003, 0.001, 0.0003], prompt_length=[8, 16]),
 }
 
@@ -102,51 +104,102 @@ def tune(methods: Sequence[str], benchmark: str, profile: str | None = None, see
         budget: configurations per method; a space larger than this is refused.
         root: the run store's root.
         base_options: options added to every configuration (e.g. ``{"epochs": 1}`` for a quick look).
-        run: the grid function (default :func:`cl_peft_lib.grid.run_grid`); its extra arguments ``grid_kw``
-            (``gpus``, ``workers``, ``backbone``).
+        run: the grid function over cells (default :func:`cl_peft_lib.grid.run_cells`); its extra arguments
+            ``grid_kw`` (``gpus``, ``workers``, ``backbone``, ``deadline``).
         log: where progress lines go.
 
     Returns:
-        ``{method: selection}``, each as stored in :func:`selection_path`.
+        ``{method: selection}``, each as stored in :func:`selection_path`; a method whose trials did not all
+        finish (a grid deadline) has no selection and is left out.
     """
-    from .grid import run_grid
+    return tune_plan({benchmark: list(methods)}, profile, seeds, budget, spaces, root, base_options, run, log,
+                     **grid_kw).get(benchmark, {})
+
+
+def tune_plan(plan: Mapping[str, Sequence[str]], profile: str | None = None, seeds: Sequence[int] = TUNE_SEEDS,
+              budget: int = BUDGET, spaces: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+              root: str | Path | None = None, base_options: Mapping[str, Any] | None = None,
+              run: Callable[..., dict] | None = None, log: Callable[[str], None] | None = print,
+              **grid_kw: Any) -> dict[str, dict[str, dict]]:
+    """:func:`tune` for several benchmarks at once (``{benchmark: [methods]}``): every trial of every method
+    and benchmark goes into one grid, so the slots stay busy; returns ``{benchmark: {method: selection}}``."""
+    from .grid import Cell, run_cells
     from .profiles import get_profile
 
     profile = get_profile(profile).name
-    run = run or run_grid
+    run = run or run_cells
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise TuningError("no tuning seeds given")
-    spaces = {m: check_space(m, (spaces or {}).get(m), budget) for m in methods}  # all checked before any run
-    _check_validation(benchmark, profile)
-    out = {}
-    for m, space in spaces.items():
+    if not plan or not all(plan.values()):
+        raise TuningError("nothing to tune: give at least one method per benchmark")
+    checked = {(b, m): check_space(m, (spaces or {}).get(m), budget) for b, ms in plan.items() for m in ms}
+    for b in plan:  # all checked before any run
+        _check_validation(b, profile)
+    cells, index = [], []
+    for (b, m), space in checked.items():
+        for k, c in enumerate(space):
+            for s in seeds:
+                cells.append(Cell(m, b, s, {**(base_options or {}), **c}))
+                index.append((b, m, k))
+    g = run(cells, profile=profile, root=root, log=log, **grid_kw)
+    vals: dict[tuple[str, str, int], list] = {}
+    for (b, m, k), r in zip(index, g["runs"]):
+        res = json.loads((Path(r["out"]) / "results.json").read_text()) if r["status"] == "complete" else {}
+        vals.setdefault((b, m, k), []).append((res.get("validation") or {}).get("average_accuracy"))
+    out: dict[str, dict[str, dict]] = {}
+    for (b, m), space in checked.items():
         trials = []
-        for c in space:
-            opts = {**(base_options or {}), **c}
-            g = run([m], [benchmark], seeds, profile=profile, root=root, opts=opts, log=None, **grid_kw)
-            vals = []
-            for r in g["runs"]:
-                res = json.loads((Path(r["out"]) / "results.json").read_text()) if r["status"] == "complete" else {}
-                v = (res.get("validation") or {}).get("average_accuracy")
-                vals.append(v)
-            ok = [v for v in vals if v is not None]
-            trials.append({"options": c, "val_average_accuracy": vals,
-                           "mean": statistics.fmean(ok) if len(ok) == len(vals) else None})
+        for k, c in enumerate(space):
+            v = vals[(b, m, k)]
+            ok = [x for x in v if x is not None]
+            trials.append({"options": c, "val_average_accuracy": v,
+                           "mean": statistics.fmean(ok) if len(ok) == len(v) else None})
             if log:
-                log(f"tune {m} {c}: validation A_T {vals}")
+                log(f"tune {m} on {b} {c}: validation A_T {v}")
+        not_started = [r for (bb, mm, _), r in zip(index, g["runs"]) if (bb, mm) == (b, m)
+                       and r["status"] == "not started"]
+        if not_started:
+            if log:
+                log(f"tune {m} on {b}: {len(not_started)} trials not started (deadline); no selection stored, "
+                    f"run the same command again")
+            continue
         scored = [t for t in trials if t["mean"] is not None]
         if not scored:
-            raise TuningError(f"every configuration of '{m}' failed on {benchmark}; see the runs' log.txt")
+            raise TuningError(f"every configuration of '{m}' failed on {b}; see the runs' log.txt")
         best = max(scored, key=lambda t: t["mean"])
-        sel = {"schema": SCHEMA, "method": m, "benchmark": benchmark, "profile": profile,
+        sel = {"schema": SCHEMA, "method": m, "benchmark": b, "profile": profile,
                "backbone": grid_kw.get("backbone"), "seeds": seeds, "budget": budget,
                "base_options": dict(base_options or {}), "trials": trials, "selected": best["options"],
                "selected_val_average_accuracy": best["mean"],
                "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")}
-        atomic_write_json(selection_path(profile, benchmark, m, root), sel)
-        out[m] = sel
+        atomic_write_json(selection_path(profile, b, m, root), sel)
+        out.setdefault(b, {})[m] = sel
     return out
+
+
+def tuned_cells(plan: Mapping[str, Sequence[str]], seeds: Sequence[int], profile: str | None = None,
+                root: str | Path | None = None) -> list:
+    """The head-to-head's cells: each method with its stored selection (:func:`selected_options`) on fresh
+    ``seeds``; a method without a search space (``ncm``, ``joint``: nothing to select on) runs at its defaults.
+
+    Raises:
+        TuningError: a tuning seed among ``seeds`` (the head-to-head must use fresh ones), or a method with a
+            search space and no selection.
+    """
+    from .grid import Cell
+    from .profiles import get_profile
+
+    profile = get_profile(profile).name
+    reused = sorted(set(int(s) for s in seeds) & set(TUNE_SEEDS))
+    if reused:
+        raise TuningError(f"seed(s) {reused} were used for tuning; the head-to-head runs on fresh seeds")
+    cells = []
+    for b, ms in plan.items():
+        for m in ms:
+            opts = selected_options(profile, b, m, root) if m in SEARCH_SPACES else {}
+            cells += [Cell(m, b, int(s), opts) for s in seeds]
+    return cells
 
 
 def _check_validation(benchmark: str, profile: str) -> None:

@@ -265,7 +265,8 @@ def test_grid_runs_skips_and_survives_a_failure(tmp_path, capsys):
 
     assert cli_main(args) == 1
     grid = json.loads((out / "grid.json").read_text())
-    assert grid["counts"] == {"total": 4, "ran": 4, "skipped": 0, "complete": 3, "failed": 1}, grid["counts"]
+    assert grid["counts"] == {"total": 4, "ran": 4, "skipped": 0, "complete": 3, "failed": 1,
+                              "not_started": 0}, grid["counts"]
     failed = [r for r in grid["runs"] if r["status"] == "failed"]
     assert [(r["method"], r["seed"]) for r in failed] == [("ncm", 1)] and "unreadable" in failed[0]["error"]
     cell = grid["summary"]["offline-dil"]
@@ -283,7 +284,8 @@ def test_grid_runs_skips_and_survives_a_failure(tmp_path, capsys):
     bad.unlink()
     assert cli_main(args) == 0  # only the failed run runs again
     grid = json.loads((out / "grid.json").read_text())
-    assert grid["counts"] == {"total": 4, "ran": 1, "skipped": 3, "complete": 4, "failed": 0}, grid["counts"]
+    assert grid["counts"] == {"total": 4, "ran": 1, "skipped": 3, "complete": 4, "failed": 0,
+                              "not_started": 0}, grid["counts"]
     after = mtimes()
     assert len(after) == 4 and all(after[p] == t for p, t in before.items() if p.parent != folder("ncm", 1))
 
@@ -292,4 +294,4 @@ def test_grid_runs_skips_and_survives_a_failure(tmp_path, capsys):
     assert grid["counts"]["ran"] == 0 and grid["counts"]["skipped"] == 4
     assert mtimes() == after
     assert grid["summary"]["offline-dil"]["ncm"]["n"] == 2
-    assert "ran 0, skipped 4, failed 0 of 4" in capsys.readouterr().out
+    assert "ran 0, skipped 4, failed 0, not started 0 of 4" in capsys.readouterr().out
