@@ -188,3 +188,25 @@ def confusion_heatmap(conf: np.ndarray, task_names: Sequence[str], ax=None, titl
         ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, label="% of test images", fraction=0.046)
     return fig
+
+
+#: Each method's family, for one colour per method across the whole book.
+FAMILIES: dict[str, str] = {
+    "l2p": "prompts", "dualprompt": "prompts", "sprompts": "prompts", "coda": "after 2022",
+    "lora": "LoRA", "l2l": "LoRA", "slora": "LoRA", "inflora": "after 2022", "sdlora": "after 2022",
+    "ranpac": "after 2022", "ncm": "baselines", "joint": "baselines", "finetune": "baselines",
+    "linear_probe": "baselines",
+}
+#: One colour per method: prompts in blues, LoRA in greens, the methods after the paper in oranges/purples,
+#: baselines in greys (the same everywhere in the book).
+METHOD_COLORS: dict[str, str] = {
+    "l2p": "#1f77b4", "dualprompt": "#6baed6", "sprompts": "#08519c",
+    "lora": "#74c476", "l2l": "#238b45", "slora": "#00441b",
+    "coda": "#fd8d3c", "ranpac": "#a63603", "inflora": "#807dba", "sdlora": "#54278f",
+    "ncm": "#969696", "joint": "#252525", "finetune": "#636363", "linear_probe": "#bdbdbd",
+}
+
+
+def method_color(method: str) -> str:
+    """The book's colour of ``method`` (:data:`METHOD_COLORS`; grey for a method it does not know)."""
+    return METHOD_COLORS.get(method, "#7f7f7f")

@@ -71,7 +71,7 @@ def banner_text(profile: str, backbone: str, data: str, device: str, extra: str 
     return f"```{{note}}\n{body}\n```"
 
 
-def banner(profile: str, backbone: str, data: str, device: Any, extra: str | None = None):
+def banner(profile: str, backbone: str, data: str, device: Any, extra: str | None = None) -> None:
     """Display :func:`banner_text` (for a ``remove-input`` cell at the top of a chapter)."""
     from IPython.display import Markdown, display
 
@@ -83,9 +83,7 @@ def banner(profile: str, backbone: str, data: str, device: Any, extra: str | Non
             dev = torch.cuda.get_device_name(0)
         except Exception:  # noqa: BLE001 - the banner names what it can
             pass
-    md = Markdown(banner_text(profile, backbone, data, str(dev), extra))
-    display(md)
-    return md
+    display(Markdown(banner_text(profile, backbone, data, str(dev), extra)))
 
 
 def takeaway_text(points: list[str] | str, title: str = "Takeaway") -> str:
@@ -94,13 +92,11 @@ def takeaway_text(points: list[str] | str, title: str = "Takeaway") -> str:
     return f"```{{admonition}} {title}\n:class: tip\n{body}\n```"
 
 
-def takeaway(points: list[str] | str, title: str = "Takeaway"):
+def takeaway(points: list[str] | str, title: str = "Takeaway") -> None:
     """Display :func:`takeaway_text` as Markdown (the last cell of a chapter, computed from its results)."""
     from IPython.display import Markdown, display
 
-    md = Markdown(takeaway_text(points, title))
-    display(md)
-    return md
+    display(Markdown(takeaway_text(points, title)))
 
 
 def fmt(x: float | None, digits: int = 1, signed: bool = False, unit: str = "") -> str:

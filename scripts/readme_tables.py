@@ -246,6 +246,43 @@ def from_runs(root: str | Path, tuned: bool = False) -> dict[str, Bench]:
     return benches
 
 
+def from_bundle(path: str | Path) -> dict[str, Bench]:
+    """Per-seed results of a protocol bundle (``cl-peft protocol --export``; the packaged
+    ``cl_peft_lib/records/offline_protocol.json``): each method's tuned runs (the run of its stored
+    selection; ``ncm``/``joint`` at their defaults), not the reference-defaults view.
+
+    Raises:
+        NoPerSeedValues: the bundle holds no tuned run.
+    """
+    from cl_peft_lib.results import RunResult
+    from cl_peft_lib.store import run_key
+
+    d = json.loads(Path(path).read_text())
+    sels = d.get("selections", {})
+
+    def wanted(bench: str, method: str) -> str:
+        sel = sels.get(bench, {}).get(method)
+        if sel is None:
+            return run_key(method, {})
+        opts = {k: tuple(v) if isinstance(v, list) else v for k, v in {**sel.get("base_options", {}),
+                                                                       **sel["selected"]}.items()}
+        return run_key(method, opts)
+
+    benches: dict[str, Bench] = {}
+    for raw in d.get("runs", []):
+        r = RunResult.from_dict(raw, source=str(path))
+        if r.status != "complete" or r.store_key != wanted(r.benchmark, r.method):
+            continue
+        b = benches.setdefault(r.benchmark, Bench(r.benchmark, r.scenario, len(r.task_names)))
+        b.classes = len(r.class_order) if r.class_order else None
+        for k in METRICS:
+            b.put(r.method, r.seed, k, float(r.metrics[k]), str(path))
+        b.params.setdefault(r.method, r.trainable_params)
+    if not benches:
+        raise NoPerSeedValues(f"{path}: no tuned run in the bundle")
+    return benches
+
+
 # --------------------------------------------------------------------------- the block
 def _seed_range(seeds: list[int]) -> str:
     seeds = sorted(seeds)
@@ -306,12 +343,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--notebook", default=str(ROOT / "notebooks" / "05_head_to_head.ipynb"))
     ap.add_argument("--runs", help="read the run store DIR/<benchmark>/<key>/seed<k>/results.json instead")
     ap.add_argument("--tuned", action="store_true", help="with --runs: the runs of the options `cl-peft tune` selected")
+    ap.add_argument("--bundle", help="read a protocol bundle (cl-peft protocol --export; e.g. "
+                                     "cl_peft_lib/records/offline_protocol.json): the tuned runs")
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--write", metavar="README", help="replace the block between the markers in this file")
     g.add_argument("--check", metavar="README", help="exit 1 when this file's block differs")
     args = ap.parse_args(argv)
     try:
-        if args.runs:
+        if args.bundle:
+            bp = Path(args.bundle).resolve()
+            benches, source = from_bundle(bp), str(bp.relative_to(ROOT)) if bp.is_relative_to(ROOT) else str(bp)
+        elif args.runs:
             benches, source = from_runs(args.runs, args.tuned), args.runs
         else:
             benches = from_notebook(args.notebook)

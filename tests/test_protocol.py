@@ -177,3 +177,31 @@ def test_banner_and_takeaway_are_myst_boxes():
     assert banner_text("offline", "vit", "x", "NVIDIA H200").startswith("```{note}\n**Outputs on this page:** track")
     t = takeaway_text(["one", "two"])
     assert t.startswith("```{admonition} Takeaway\n:class: tip\n- one\n- two") and t.endswith("```")
+
+
+def test_the_readme_table_is_the_packaged_protocol_results():
+    """The README's head-to-head block is exactly what scripts/readme_tables.py computes from the
+    packaged bundle: a new protocol run that is exported but not written into the README fails here."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    bundle = root / "cl_peft_lib" / "records" / "offline_protocol.json"
+    r = subprocess.run([sys.executable, str(root / "scripts" / "readme_tables.py"), "--bundle", str(bundle),
+                        "--check", str(root / "README.md")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_packaged_bundle_imports_into_a_store_and_reads_back(tmp_path):
+    from cl_peft_lib.records import record_path
+
+    n = protocol.import_bundle(record_path("offline_protocol.json"), tmp_path)
+    assert n["runs"] > 0 and n["selections"] == sum(len(v) for v in protocol.tuning_plan("offline").values())
+    h = protocol.head_to_head("offline", "tuned", tmp_path, missing="skip")
+    assert sum(len(rs) for per in h.values() for rs in per.values()) <= n["runs"]
+    for a, b in protocol.PAIRS:
+        bench = next(x for x, ms in protocol.plan("offline").items() if a in ms and b in ms)
+        assert paired(protocol.per_seed(h[bench][a]), protocol.per_seed(h[bench][b])).n >= 5
+    with pytest.raises(FileNotFoundError, match="no packaged results file .nope.json.; there are: .*offline_protocol.json"):
+        record_path("nope.json")
