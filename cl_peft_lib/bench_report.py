@@ -104,7 +104,8 @@ def format_markdown(res: dict) -> str:
 # ---------------------------------------------------------------- the tables of chapter 7
 def configs_markdown(res: dict, bs: int | None = None) -> str:
     """Chapter 7's table of the measured configs (all batch sizes, or ``bs``): throughputs, their ratios
-    to the references and to the plain ViT, trainable parameters, MFU and peak training memory."""
+    to the references and to the plain ViT, trainable parameters, MFU and peak training memory. A config
+    measured with its optimizer's ``fused=True`` implementation is named ``"<method> (fused optimizer)"``."""
     rows = [c for c in res["configs"] if c.get("status") == "ok" and (bs is None or c["batch_size"] == bs)]
     head = ("| config | batch | compiled | train img/s | × full FT | × peft LoRA | infer img/s | × plain ViT | params | "
             "MFU | peak mem (GiB) |")
@@ -115,7 +116,8 @@ def configs_markdown(res: dict, bs: int | None = None) -> str:
         ratio = c.get("infer_ratio_plain_vit", {})
         ratio = ratio.get("inference_mode") if isinstance(ratio, dict) else ratio
         mem = c.get("peak_mem_train_gib")
-        out.append(f"| {c['name']} | {c['batch_size']} | {'yes' if c.get('compile') else 'no'} | {c['train_img_s']:,.0f} | "
+        name = c["name"] + (" (fused optimizer)" if c.get("fused_optimizer") else "")
+        out.append(f"| {name} | {c['batch_size']} | {'yes' if c.get('compile') else 'no'} | {c['train_img_s']:,.0f} | "
                    f"{c.get('train_ratio_ref_full_ft', nan):.2f} | {c.get('train_ratio_ref_peft_lora', nan):.2f} | "
                    f"{inf:,.0f} | {ratio if ratio is None else f'{ratio:.2f}'} | {c['trainable_params']:,} | "
                    f"{c.get('mfu', nan):.2f} | {'-' if mem is None else f'{mem:.1f}'} |")

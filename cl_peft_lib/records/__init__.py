@@ -4,8 +4,13 @@ training, also from a ``pip install`` without the repository (Colab):
 * ``offline_protocol.json``: the offline track's comparison protocol (selections + every head-to-head run),
   made on the H200 with ``cl-peft protocol --profile offline`` and written by ``cl-peft protocol --export``;
   ``cl-peft protocol --import`` (:func:`cl_peft_lib.protocol.import_bundle`) puts it in a run store.
+* ``bench_h200.json``, ``bench_cpu.json``: byte-for-byte copies of the benchmark suite's results,
+  ``benchmarks/results_h200.json`` (``benchmarks/bench.py --mode gpu``, ViT-B/16 on one H200) and
+  ``benchmarks/results_cpu.json`` (``--mode cpu``, the offline ViT); copy them here after a new benchmark
+  run (``tests/test_records.py`` fails until the copies equal the originals).
 
-Chapters: ``notebooks/05_head_to_head.ipynb``, ``notebooks/08_after_the_swap.ipynb``.
+Chapters: ``notebooks/05_head_to_head.ipynb``, ``notebooks/07_efficiency.ipynb`` (the benchmark tables),
+``notebooks/08_after_the_swap.ipynb``.
 """
 from __future__ import annotations
 

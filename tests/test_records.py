@@ -1,0 +1,36 @@
+"""The results files packaged with the library (``cl_peft_lib/records``) are the repository's own."""
+from pathlib import Path
+
+import pytest
+
+from cl_peft_lib.records import record_path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: packaged name -> the repository file it must copy byte for byte
+BENCH_COPIES = {"bench_h200.json": "benchmarks/results_h200.json", "bench_cpu.json": "benchmarks/results_cpu.json"}
+
+
+@pytest.mark.parametrize("packaged, original", sorted(BENCH_COPIES.items()))
+def test_packaged_benchmark_results_equal_the_repository_files(packaged, original):
+    """A benchmark re-run that forgets to copy its JSON into cl_peft_lib/records fails here."""
+    src = ROOT / original
+    assert src.is_file(), f"{original} is missing"
+    assert record_path(packaged).read_bytes() == src.read_bytes(), (
+        f"cl_peft_lib/records/{packaged} differs from {original}: copy it (cp {original} cl_peft_lib/records/{packaged})")
+
+
+def test_packaged_files_are_inside_the_package():
+    root = ROOT / "cl_peft_lib" / "records"
+    for name in [*BENCH_COPIES, "offline_protocol.json"]:
+        assert record_path(name).resolve() == (root / name).resolve()
+
+
+def test_record_path_names_the_files_there_are():
+    with pytest.raises(FileNotFoundError) as e:
+        record_path("no_such_results.json")
+    msg = str(e.value)
+    assert "no_such_results.json" in msg
+    have = sorted(p.name for p in (ROOT / "cl_peft_lib" / "records").glob("*.json"))
+    assert {"bench_h200.json", "bench_cpu.json", "offline_protocol.json"} <= set(have)
+    assert msg.endswith("there are: " + ", ".join(have))
