@@ -18,7 +18,7 @@ the plain method name (``runs/offline/offline-cil/l2p/seed0``). Evaluation setti
 part of a run's identity: evaluating a finished run differently never retrains it.
 
 Chapter: ``notebooks/06_ablations.ipynb`` (oracle evaluation of finished runs) and
-``notebooks/05_head_to_head.ipynb`` (the grid reads the store).
+``notebooks/01_continual_learning.ipynb`` (chapters run methods in their run-store folders).
 """
 from __future__ import annotations
 

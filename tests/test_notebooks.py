@@ -40,10 +40,10 @@ def test_chapter_structure(path):
 #: (``make execute PROFILE=offline DEVICE=cuda``). A new chapter joins this set once it has been
 #: executed there; until then its smoke-profile CPU outputs are accepted.
 GPU_EXECUTED = {"01_continual_learning", "02_pretrained_backbone", "03_prompt_tuning", "04_lora",
-                "05_head_to_head", "06_ablations", "07_efficiency"}
+                "05_head_to_head", "06_ablations", "07_efficiency", "08_after_the_swap"}
 #: Of those, chapters that train nothing in their committed execution: they read runs the H200 made
 #: (their provenance line says ``runs_device=NVIDIA ...``) and may be drawn on any machine.
-GPU_RUNS = {"05_head_to_head"}
+GPU_RUNS = {"05_head_to_head", "08_after_the_swap"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -58,9 +58,9 @@ def test_committed_outputs_are_clean(path):
     if path.stem in GPU_EXECUTED:
         assert "profile=offline" in text, f"{path.name} was not executed with the offline profile"
         if path.stem in GPU_RUNS:
-            assert "runs_device=NVIDIA" in text, f"{path.name}: its runs were not made on a GPU"
+            assert re.search(r"(runs|results)_device=NVIDIA", text), f"{path.name}: its runs were not made on a GPU"
         else:
-            assert re.search(r"(?<!runs_)device=NVIDIA", text), f"{path.name} was not executed on a GPU"
+            assert re.search(r"(?<!runs_)(?<!results_)device=NVIDIA", text), f"{path.name} was not executed on a GPU"
     assert "application/vnd.jupyter.widget-state+json" in nb.get("metadata", {}).get("widgets", {}), \
         f"{path.name} has no stored widget state (execute with store_widget_state=True)"
 

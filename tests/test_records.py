@@ -34,3 +34,15 @@ def test_record_path_names_the_files_there_are():
     have = sorted(p.name for p in (ROOT / "cl_peft_lib" / "records").glob("*.json"))
     assert {"bench_h200.json", "bench_cpu.json", "offline_protocol.json"} <= set(have)
     assert msg.endswith("there are: " + ", ".join(have))
+
+
+def test_the_appendix_table_is_the_published_module():
+    """book/appendix_paper_track.md holds published.markdown_table() verbatim between its markers."""
+    from pathlib import Path
+
+    from cl_peft_lib.published import PUBLISHED, markdown_table
+
+    text = (Path(__file__).resolve().parents[1] / "book" / "appendix_paper_track.md").read_text()
+    block = text.split("<!-- published: begin -->\n", 1)[1].split("\n<!-- published: end -->", 1)[0]
+    assert block == markdown_table(), "regenerate the appendix table: python -m cl_peft_lib.published"
+    assert all(p.source and p.note for p in PUBLISHED)

@@ -17,7 +17,7 @@ without the older 1e-6 factor), ``learners/prompt.py`` (commit 22948d2: masked l
 prompts and head), ``configs/cifar-100_prompt.yaml`` (22948d2) and ``experiments/imagenet-r.sh``
 (605ac87: ``--prompt_param 100 8 0.0``, "with updated code, now can be 0!").
 
-Chapter: ``notebooks/08_after_the_swap.ipynb`` (planned).
+Chapter: ``notebooks/08_after_the_swap.ipynb``.
 """
 from __future__ import annotations
 

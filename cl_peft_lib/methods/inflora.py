@@ -49,7 +49,7 @@ official ``inflora_domain.py``, whose GPM memory equals the one used here.
 Trainable parameters over the stream: the trained ``B_t`` of every task and adapted block
 (``T * blocks * r * 2D``) plus the head (``D * C + C``); the designed ``A_t`` are buffers.
 
-Chapter: ``notebooks/08_after_the_swap.ipynb`` (planned).
+Chapter: ``notebooks/08_after_the_swap.ipynb``.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ cannot split the fused layer): InfLoRA the key and value rows, SD-LoRA the query
 Here are their common settings (:class:`QKVLoRAFields`) and the lookup of the layers
 (:func:`fused_qkv_layers`); each method's own module holds the rest.
 
-Chapter: ``notebooks/08_after_the_swap.ipynb`` (planned).
+Chapter: ``notebooks/08_after_the_swap.ipynb``.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ Reference: RanPAC/RanPAC ``RanPAC.py`` (commit 698e00c: ``setup_RP``, ``replace_
 "first-session adaptation" (a PETL module trained by SGD on task 0 before projecting); here the
 backbone stays frozen throughout, the reference's ``model_name=ncm, use_RP=True`` rows.
 
-Chapter: ``notebooks/08_after_the_swap.ipynb`` (planned).
+Chapter: ``notebooks/08_after_the_swap.ipynb``.
 """
 from __future__ import annotations
 

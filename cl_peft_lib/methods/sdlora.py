@@ -47,7 +47,7 @@ every domain's update.
 Trainable parameters over the stream: per task ``blocks * 2 * r * 2D`` (A and B of q and v) plus
 one magnitude, plus the head ``D * C + C``.
 
-Chapter: ``notebooks/08_after_the_swap.ipynb`` (planned).
+Chapter: ``notebooks/08_after_the_swap.ipynb``.
 """
 from __future__ import annotations
 
