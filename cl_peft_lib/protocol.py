@@ -144,9 +144,20 @@ def head_to_head(profile: str, view: str = "tuned", root: str | Path | None = No
         raise ValueError(f"missing must be 'raise' or 'skip', got {missing!r}")
     seeds = SETTINGS[profile]["seeds"]
     if view == "tuned":
-        p = plan(profile)
-        return {b: {m: _results(profile, b, m, seeds, selected_options(profile, b, m, root)
-                                if m in SEARCH_SPACES else {}, root, missing) for m in ms} for b, ms in p.items()}
+        from .tuning import TuningError
+
+        out: dict[str, dict[str, list[dict]]] = {}
+        for b, ms in plan(profile).items():
+            for m in ms:
+                try:
+                    opts = selected_options(profile, b, m, root) if m in SEARCH_SPACES else {}
+                except TuningError:
+                    if missing == "raise":
+                        raise
+                    out.setdefault(b, {})[m] = []  # not tuned yet: no runs of its selection
+                    continue
+                out.setdefault(b, {})[m] = _results(profile, b, m, seeds, opts, root, missing)
+        return out
     if view == "defaults":
         return {b: {m: _results(profile, b, m, seeds, {}, root, missing) for m in ms}
                 for b, ms in defaults_plan(profile).items()}

@@ -136,6 +136,9 @@ def test_head_to_head_names_what_is_missing(tmp_path):
         protocol.head_to_head("smoke", "defaults", tmp_path)
     got = protocol.head_to_head("smoke", "defaults", tmp_path, missing="skip")
     assert got["offline-cil"]["l2p"] == []
+    assert protocol.head_to_head("smoke", "tuned", tmp_path, missing="skip")["offline-cil"]["l2p"] == []  # untuned
+    with pytest.raises((TuningError, FileNotFoundError), match="cl-peft"):
+        protocol.head_to_head("smoke", "tuned", tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ prose
@@ -205,3 +208,27 @@ def test_the_packaged_bundle_imports_into_a_store_and_reads_back(tmp_path):
         assert paired(protocol.per_seed(h[bench][a]), protocol.per_seed(h[bench][b])).n >= 5
     with pytest.raises(FileNotFoundError, match="no packaged results file .nope.json.; there are: .*offline_protocol.json"):
         record_path("nope.json")
+
+
+def test_cl_peft_protocol_end_to_end_on_the_smoke_track(monkeypatch, tmp_path, capsys):
+    """Tune (2 configurations per method), the tuned head-to-head on 2 fresh seeds and the defaults view,
+    with the micro backbone; then export, and import into another store."""
+    monkeypatch.setenv("CL_PEFT_BACKBONE", BB)  # every child run inherits it (profiles.get_profile)
+    root = tmp_path / "runs"
+    assert cli_main(["protocol", "--profile", "smoke", "--root", str(root), "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("tuned ") == sum(len(v) for v in protocol.tuning_plan("smoke").values())
+    h = protocol.head_to_head("smoke", "tuned", root)
+    d = protocol.head_to_head("smoke", "defaults", root)
+    for a, b in protocol.PAIRS:
+        bench = next(x for x, ms in protocol.plan("smoke").items() if a in ms)
+        assert paired(protocol.per_seed(h[bench][a]), protocol.per_seed(h[bench][b])).n == 2
+        assert len(d[bench][a]) == 2
+    bundle = tmp_path / "bundle.json"
+    assert cli_main(["protocol", "--profile", "smoke", "--root", str(root), "--export", str(bundle)]) == 0
+    other = tmp_path / "other"
+    assert cli_main(["protocol", "--profile", "smoke", "--root", str(other), "--import", str(bundle)]) == 0
+    h2 = protocol.head_to_head("smoke", "tuned", other)
+    assert {b: {m: [r["accuracy_matrix"] for r in rs] for m, rs in per.items()} for b, per in h2.items()} == \
+        {b: {m: [r["accuracy_matrix"] for r in rs] for m, rs in per.items()} for b, per in h.items()}
+    assert all("imported_from" in r["provenance"] for per in h2.values() for rs in per.values() for r in rs)
