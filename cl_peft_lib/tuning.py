@@ -136,19 +136,38 @@ def tune_plan(plan: Mapping[str, Sequence[str]], profile: str | None = None, see
     checked = {(b, m): check_space(m, (spaces or {}).get(m), budget) for b, ms in plan.items() for m in ms}
     for b in plan:  # all checked before any run
         _check_validation(b, profile)
+    reused: dict[tuple[str, str], dict] = {}
+    for (b, m), space in checked.items():  # a selection made with these very trials is kept, not re-tuned
+        try:
+            old = load_selection(profile, b, m, root)
+        except TuningError:
+            continue
+        same = (old.get("seeds") == seeds and old.get("budget") == budget
+                and old.get("base_options", {}) == json.loads(json.dumps(dict(base_options or {}), default=str))
+                and [t["options"] for t in old.get("trials", [])] == json.loads(json.dumps(space, default=str)))
+        if same:
+            reused[(b, m)] = old
     cells, index = [], []
     for (b, m), space in checked.items():
+        if (b, m) in reused:
+            continue
         for k, c in enumerate(space):
             for s in seeds:
                 cells.append(Cell(m, b, s, {**(base_options or {}), **c}))
                 index.append((b, m, k))
-    g = run(cells, profile=profile, root=root, log=log, **grid_kw)
+    g = run(cells, profile=profile, root=root, log=log, **grid_kw) if cells else {"runs": []}
     vals: dict[tuple[str, str, int], list] = {}
     for (b, m, k), r in zip(index, g["runs"]):
         res = json.loads((Path(r["out"]) / "results.json").read_text()) if r["status"] == "complete" else {}
         vals.setdefault((b, m, k), []).append((res.get("validation") or {}).get("average_accuracy"))
     out: dict[str, dict[str, dict]] = {}
+    for (b, m), old in reused.items():
+        out.setdefault(b, {})[m] = old
+        if log:
+            log(f"tune {m} on {b}: kept the stored selection {old['selected']} (same trials, seeds and budget)")
     for (b, m), space in checked.items():
+        if (b, m) in reused:
+            continue
         trials = []
         for k, c in enumerate(space):
             v = vals[(b, m, k)]

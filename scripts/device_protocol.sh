@@ -4,9 +4,7 @@
 # run store for the trip back (checkpoints under 4 MB only). Usage: bash scripts/device_protocol.sh SECONDS
 set -uo pipefail
 LIMIT=${1:-480}
-mkdir -p /tmp/off && tar -xJf .carry/offline.tar.xz -C /tmp/off && gzip -f -1 /tmp/off/fashion_mnist/*ubyte /tmp/off/mnist/*ubyte
-if [ -f .carry/runs.tar.xz ] && [ ! -d runs/offline ]; then tar -xJf .carry/runs.tar.xz; fi
-export CL_PEFT_OFFLINE_DATA=/tmp/off PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+source scripts/device_env.sh
 nvidia-smi --query-gpu=name,memory.used --format=csv
 t0=$(date +%s)
 python3 -m cl_peft_lib protocol --profile offline --root runs --gpus ${SLOTS:-0,0,0,0,0,0,0,0} --time-limit "$LIMIT" 2>&1 \

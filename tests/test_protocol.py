@@ -232,3 +232,16 @@ def test_cl_peft_protocol_end_to_end_on_the_smoke_track(monkeypatch, tmp_path, c
     assert {b: {m: [r["accuracy_matrix"] for r in rs] for m, rs in per.items()} for b, per in h2.items()} == \
         {b: {m: [r["accuracy_matrix"] for r in rs] for m, rs in per.items()} for b, per in h.items()}
     assert all("imported_from" in r["provenance"] for per in h2.values() for rs in per.values() for r in rs)
+
+
+def test_a_stored_selection_of_the_same_trials_is_kept_not_retuned(fake_children, tmp_path):
+    spaces = {"l2p": [{"lr": 0.01}, {"lr": 0.03}]}
+    kw = dict(spaces=spaces, budget=2, root=tmp_path, log=None, workers=1, backbone=BB)
+    first = tune_plan({"offline-cil": ["l2p"]}, "smoke", **kw)
+    n = len(fake_children)
+    for p in tmp_path.glob("smoke/offline-cil/*/seed*/results.json"):
+        p.unlink()  # the trial runs are gone (a packaged bundle holds only the selection)
+    again = tune_plan({"offline-cil": ["l2p"]}, "smoke", **kw)
+    assert len(fake_children) == n and again["offline-cil"]["l2p"]["selected"] == first["offline-cil"]["l2p"]["selected"]
+    other = tune_plan({"offline-cil": ["l2p"]}, "smoke", **{**kw, "spaces": {"l2p": [{"lr": 0.02}, {"lr": 0.03}]}})
+    assert len(fake_children) == n + 2 and other["offline-cil"]["l2p"]["selected"] == {"lr": 0.03}
