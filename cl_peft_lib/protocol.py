@@ -95,6 +95,7 @@ def run_protocol(profile: str, root: str | Path | None = None, gpus: Sequence[in
     if n_sel < n_want:
         return {"selections": sels, "grid": None, "complete": False}
     cells = tuned_cells(plan(profile), st["seeds"], profile, root)
+    n_tuned = len(cells)
     tuned = {(c.method, c.benchmark, c.seed, json.dumps(dict(c.options), sort_keys=True, default=str)) for c in cells}
     for b, ms in defaults_plan(profile).items():
         for m in ms:
@@ -102,7 +103,6 @@ def run_protocol(profile: str, root: str | Path | None = None, gpus: Sequence[in
                 key = (m, b, int(s), "{}")
                 if key not in tuned:
                     cells.append(Cell(m, b, int(s), {}))
-    n_tuned = len(tuned)
     rank = {m: 0 for pair in PAIRS for m in pair} | {"lora": 1, "dualprompt": 1} | {m: 3 for m in AFTER}
     order = sorted(range(len(cells)), key=lambda i: (i >= n_tuned, rank.get(cells[i].method, 2), i))
     cells = [cells[i] for i in order]  # under a time limit the paper's pairs come first, the defaults view last

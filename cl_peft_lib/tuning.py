@@ -258,6 +258,10 @@ def load_selection(profile: str, benchmark: str, method: str, root: str | Path |
 
 def selected_options(profile: str, benchmark: str, method: str, root: str | Path | None = None) -> dict[str, Any]:
     """The options :func:`tune` selected (plus its base options): what the head-to-head runs on fresh seeds."""
-    sel = load_selection(profile, benchmark, method, root)
-    opts = {**sel.get("base_options", {}), **sel["selected"]}
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()}  # JSON lists back to tuples
+    return options_of(load_selection(profile, benchmark, method, root))
+
+
+def options_of(selection: Mapping[str, Any]) -> dict[str, Any]:
+    """A selection's run options: its base options plus the selected configuration, JSON lists back to tuples."""
+    opts = {**selection.get("base_options", {}), **selection["selected"]}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()}

@@ -207,6 +207,15 @@ def from_notebook(path: str | Path) -> dict[str, Bench]:
 
 
 # --------------------------------------------------------------------------- the run store
+def _add(benches: dict[str, Bench], r: Any, where: str) -> None:
+    """Put one complete run (a :class:`cl_peft_lib.results.RunResult`) into its benchmark's :class:`Bench`."""
+    b = benches.setdefault(r.benchmark, Bench(r.benchmark, r.scenario, len(r.task_names)))
+    b.classes = len(r.class_order) if r.class_order else None
+    for k in METRICS:
+        b.put(r.method, r.seed, k, float(r.metrics[k]), where)
+    b.params.setdefault(r.method, r.trainable_params)
+
+
 def from_runs(root: str | Path, tuned: bool = False) -> dict[str, Bench]:
     """Per-seed results of ``root/<benchmark>/<key>/seed<k>/results.json`` (complete runs only).
 
@@ -221,26 +230,19 @@ def from_runs(root: str | Path, tuned: bool = False) -> dict[str, Bench]:
 
     from cl_peft_lib.results import load_result
     from cl_peft_lib.store import run_key
+    from cl_peft_lib.tuning import options_of
 
     def wanted(bench: str, method: str) -> str:
         sel = Path(root) / bench / "tuned" / f"{method}.json"
         if not (tuned and sel.is_file()):
             return method
-        d = json.loads(sel.read_text())
-        opts = {k: tuple(v) if isinstance(v, list) else v for k, v in {**d.get("base_options", {}),
-                                                                       **d["selected"]}.items()}
-        return run_key(method, opts)
+        return run_key(method, options_of(json.loads(sel.read_text())))
 
     benches: dict[str, Bench] = {}
     for p in sorted(Path(root).glob("*/*/seed*/results.json")):
         r = load_result(p)
-        if r.status != "complete" or p.parent.parent.name != wanted(r.benchmark, r.method):
-            continue
-        b = benches.setdefault(r.benchmark, Bench(r.benchmark, r.scenario, len(r.task_names)))
-        b.classes = len(r.class_order) if r.class_order else None
-        for k in METRICS:
-            b.put(r.method, r.seed, k, float(r.metrics[k]), str(p))
-        b.params.setdefault(r.method, r.trainable_params)
+        if r.status == "complete" and p.parent.parent.name == wanted(r.benchmark, r.method):
+            _add(benches, r, str(p))
     if not benches:
         raise NoPerSeedValues(f"{root}: no complete results.json under <benchmark>/<key>/seed<k>/")
     return benches
@@ -256,28 +258,20 @@ def from_bundle(path: str | Path) -> dict[str, Bench]:
     """
     from cl_peft_lib.results import RunResult
     from cl_peft_lib.store import run_key
+    from cl_peft_lib.tuning import options_of
 
     d = json.loads(Path(path).read_text())
     sels = d.get("selections", {})
 
     def wanted(bench: str, method: str) -> str:
         sel = sels.get(bench, {}).get(method)
-        if sel is None:
-            return run_key(method, {})
-        opts = {k: tuple(v) if isinstance(v, list) else v for k, v in {**sel.get("base_options", {}),
-                                                                       **sel["selected"]}.items()}
-        return run_key(method, opts)
+        return run_key(method, options_of(sel) if sel is not None else {})
 
     benches: dict[str, Bench] = {}
     for raw in d.get("runs", []):
         r = RunResult.from_dict(raw, source=str(path))
-        if r.status != "complete" or r.store_key != wanted(r.benchmark, r.method):
-            continue
-        b = benches.setdefault(r.benchmark, Bench(r.benchmark, r.scenario, len(r.task_names)))
-        b.classes = len(r.class_order) if r.class_order else None
-        for k in METRICS:
-            b.put(r.method, r.seed, k, float(r.metrics[k]), str(path))
-        b.params.setdefault(r.method, r.trainable_params)
+        if r.status == "complete" and r.store_key == wanted(r.benchmark, r.method):
+            _add(benches, r, str(path))
     if not benches:
         raise NoPerSeedValues(f"{path}: no tuned run in the bundle")
     return benches
