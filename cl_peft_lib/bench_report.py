@@ -117,7 +117,8 @@ def configs_markdown(res: dict, bs: int | None = None) -> str:
         ratio = ratio.get("inference_mode") if isinstance(ratio, dict) else ratio
         mem = c.get("peak_mem_train_gib")
         name = c["name"] + (" (fused optimizer)" if c.get("fused_optimizer") else "")
-        out.append(f"| {name} | {c['batch_size']} | {'yes' if c.get('compile') else 'no'} | {c['train_img_s']:,.0f} | "
+        train = "no backprop" if c.get("train_img_s") is None else f"{c['train_img_s']:,.0f}"  # e.g. RanPAC
+        out.append(f"| {name} | {c['batch_size']} | {'yes' if c.get('compile') else 'no'} | {train} | "
                    f"{c.get('train_ratio_ref_full_ft', nan):.2f} | {c.get('train_ratio_ref_peft_lora', nan):.2f} | "
                    f"{inf:,.0f} | {ratio if ratio is None else f'{ratio:.2f}'} | {c['trainable_params']:,} | "
                    f"{c.get('mfu', nan):.2f} | {'-' if mem is None else f'{mem:.1f}'} |")
@@ -140,3 +141,26 @@ def e2e_lines(res: dict) -> list[str]:
     nan = float("nan")
     return [f"end-to-end {e.get('method')}: {e.get('status')}, wall {e.get('wall_s', nan):.0f} s, "
             f"loader wait {100 * e.get('loader_wait_frac', nan):.1f}%" for e in res.get("e2e") or []]
+
+
+def fp16_markdown(res: dict) -> str:
+    """The appendix's table of a run under ``CL_PEFT_AMP=fp16`` (the T4's path, GradScaler on): per method,
+    peak GPU memory of the training step and of ``predict``, the steps the scaler skipped, and throughput.
+
+    Chapter: ``book/appendix_paper_track.md`` ("fp16 on the H200").
+    """
+    p, s = res["provenance"], res["settings"]
+    steps = s["warmup"] + s["steps"] * s["repeats"]
+    rows = ["| method | batch | peak memory, training step (GiB) | peak memory, predict (GiB) | "
+            f"skipped steps (of {steps}) | train img/s |", "|---|---:|---:|---:|---:|---:|"]
+    done = [r for r in res.get("configs", []) if r.get("status") == "ok"]
+    for r in sorted(done, key=lambda r: r["method"]):
+        def num(k, spec):
+            return format(r[k], spec) if r.get(k) is not None else "-"
+        rows.append(f"| {r['method']} | {r['batch_size']} | {num('peak_mem_train_gib', '.2f')} | "
+                    f"{num('peak_mem_infer_gib', '.2f')} | {r.get('fp16_skipped_steps', '-')} | {num('train_img_s', ',.0f')} |")
+    missing = [m for m in s["methods"] if m not in {r["method"] for r in done}]
+    note = (f"\n\nNot measured in this run (its time budget ended first): {', '.join(missing)}." if missing else "")
+    return ("\n".join(rows) + f"\n\n{p.get('gpu') or p.get('device')}, {p.get('date')}, autocast "
+            f"{p.get('amp_dtype')}, backbone `{p.get('backbone')}` (random weights), one synthetic task at 224 px."
+            + note)

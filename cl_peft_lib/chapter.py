@@ -11,6 +11,7 @@ Chapters: ``notebooks/03_prompt_tuning.ipynb`` and ``notebooks/04_lora.ipynb``.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from .loop import RunConfig, Runner
@@ -22,6 +23,10 @@ def run_method(method: str, benchmark: str, profile: str, seed: int = 0, device:
                epochs: int | None = None, root: str = "runs", **options: Any) -> tuple[Runner, dict[str, Any]]:
     """Run (or reuse) ``method`` on ``benchmark``; ``epochs`` None keeps the method's (or profile's) default.
 
+    A finished run is reused with its trained method (from its checkpoint). A finished result *without* a
+    checkpoint (e.g. one that chapter 5 imported from the packaged results) holds no trained method to
+    inspect, so it is trained again here and replaced.
+
     Returns:
         ``(runner, results)``: ``runner.method`` is the trained method.
     """
@@ -30,6 +35,9 @@ def run_method(method: str, benchmark: str, profile: str, seed: int = 0, device:
     cfg = RunConfig(method, benchmark, profile, seed=seed, device=device, method_options=options, progress=False,
                     out_dir=str(run_dir(profile, benchmark, method, seed, options, root=root)))
     runner = Runner(cfg)
+    if runner.finished_result() is not None and runner.load_checkpoint() is None:
+        runner.say("a finished result without its checkpoint: no trained method to inspect, training it again")
+        runner = Runner(replace(cfg, resume=False))
     return runner, runner.run()
 
 

@@ -29,11 +29,11 @@ def accuracy_matrix_heatmap(R, task_names: Sequence[str] | None = None, ax=None,
     T = len(A)
     for t in range(T):
         for i in range(t + 1):
-            ax.text(i, t, f"{A[t, i]:.0f}", ha="center", va="center", fontsize=8,
+            ax.text(i, t, f"{A[t, i]:.0f}", ha="center", va="center", fontsize=9,
                     color="white" if A[t, i] < 0.6 * vmax else "black")
     names = list(task_names) if task_names else [str(i + 1) for i in range(T)]
-    ax.set_xticks(range(T), [n[:10] for n in names], rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(T), [f"after {i + 1}" for i in range(T)], fontsize=8)
+    ax.set_xticks(range(T), names, rotation=45, ha="right", fontsize=9)
+    ax.set_yticks(range(T), [f"after {i + 1}" for i in range(T)], fontsize=9)
     ax.set_xlabel("evaluated on task")
     ax.set_ylabel("trained up to task")
     if title:
@@ -79,7 +79,7 @@ def task_accuracy_bars(runs: dict[str, Sequence[Sequence[float]]], t: int, task_
     for k, name in enumerate(names):
         row = as_matrix(runs[name])[t, : t + 1]
         ax.bar(np.arange(t + 1) + k * w - 0.4 + w / 2, row, width=w, label=name)
-    ax.set_xticks(range(t + 1), [n[:12] for n in task_names[: t + 1]], fontsize=8)
+    ax.set_xticks(range(t + 1), list(task_names[: t + 1]), rotation=30, ha="right", fontsize=9)
     ax.set_xlim(-0.6, len(task_names) - 0.4)
     ax.set_ylim(0, 100)
     ax.set_xlabel("task")
@@ -109,7 +109,7 @@ def sample_grid(scenario, per_task: int = 8, seed: int = 0):
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(scenario.class_names[y].split(":")[-1][:9], fontsize=7)
-        axes[t, 0].set_ylabel(task.name[:12], fontsize=8)
+        axes[t, 0].set_ylabel(task.name, fontsize=9)
     return fig
 
 
@@ -162,7 +162,7 @@ def selection_heatmap(freq: np.ndarray, task_names: Sequence[str], ax=None, titl
     fig, ax = _ax(ax, (5.2, 3.2))
     im = ax.imshow(freq, vmin=0, vmax=max(float(freq.max()), 1e-6), cmap="magma", aspect="auto")
     ax.set_xticks(range(freq.shape[1]), [str(i) for i in range(freq.shape[1])], fontsize=8)
-    ax.set_yticks(range(freq.shape[0]), [n[:14] for n in task_names], fontsize=8)
+    ax.set_yticks(range(freq.shape[0]), list(task_names), fontsize=9)
     ax.set_xlabel(f"{module} index in the pool")
     ax.set_ylabel("test images of task")
     if title:
@@ -177,11 +177,11 @@ def confusion_heatmap(conf: np.ndarray, task_names: Sequence[str], ax=None, titl
     im = ax.imshow(conf * 100, vmin=0, vmax=100, cmap="Blues")
     for i in range(len(conf)):
         for j in range(len(conf)):
-            ax.text(j, i, f"{conf[i, j] * 100:.0f}", ha="center", va="center", fontsize=8,
+            ax.text(j, i, f"{conf[i, j] * 100:.0f}", ha="center", va="center", fontsize=9,
                     color="white" if conf[i, j] > 0.6 else "black")
-    names = [n[:12] for n in task_names]
-    ax.set_xticks(range(len(conf)), names, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(conf)), names, fontsize=8)
+    names = list(task_names)
+    ax.set_xticks(range(len(conf)), names, rotation=45, ha="right", fontsize=9)
+    ax.set_yticks(range(len(conf)), names, fontsize=9)
     ax.set_xlabel("routed to the module of")
     ax.set_ylabel("true domain")
     if title:

@@ -261,6 +261,29 @@ def selected_options(profile: str, benchmark: str, method: str, root: str | Path
     return options_of(load_selection(profile, benchmark, method, root))
 
 
+def at_edge(selection: Mapping[str, Any]) -> dict[str, str]:
+    """The numeric axes of a selection's search space on which the selected value is the space's lowest or
+    highest, ``{axis: "lowest" | "highest"}``: there, a wider space might have found a better configuration
+    (chapter 5 lists them; chapter 6's sensitivity curves extend one such axis). Axes with fewer than two
+    numeric values, or with non-numeric values (``layers``), are not judged.
+
+    Chapter: ``notebooks/05_head_to_head.ipynb`` ("Sensitivity").
+    """
+    trials = [t["options"] for t in selection.get("trials", [])]
+    chosen = selection["selected"]
+    out: dict[str, str] = {}
+    for k, v in chosen.items():
+        raw = [t.get(k) for t in trials]
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in raw) or len(set(raw)) < 2:
+            continue
+        vals = set(raw)
+        if v == min(vals):
+            out[k] = "lowest"
+        elif v == max(vals):
+            out[k] = "highest"
+    return out
+
+
 def options_of(selection: Mapping[str, Any]) -> dict[str, Any]:
     """A selection's run options: its base options plus the selected configuration, JSON lists back to tuples."""
     opts = {**selection.get("base_options", {}), **selection["selected"]}

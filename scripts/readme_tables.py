@@ -248,13 +248,14 @@ def from_runs(root: str | Path, tuned: bool = False) -> dict[str, Bench]:
     return benches
 
 
-def from_bundle(path: str | Path) -> dict[str, Bench]:
+def from_bundle(path: str | Path, view: str = "tuned") -> dict[str, Bench]:
     """Per-seed results of a protocol bundle (``cl-peft protocol --export``; the packaged
-    ``cl_peft_lib/records/offline_protocol.json``): each method's tuned runs (the run of its stored
-    selection; ``ncm``/``joint`` at their defaults), not the reference-defaults view.
+    ``cl_peft_lib/records/offline_protocol.json``): with ``view="tuned"`` each method's tuned runs (the run
+    of its stored selection; ``ncm``/``joint`` at their defaults), with ``view="defaults"`` the runs at the
+    methods' reference defaults (the protocol's defaults view).
 
     Raises:
-        NoPerSeedValues: the bundle holds no tuned run.
+        NoPerSeedValues: the bundle holds no run of that view.
     """
     from cl_peft_lib.results import RunResult
     from cl_peft_lib.store import run_key
@@ -264,7 +265,7 @@ def from_bundle(path: str | Path) -> dict[str, Bench]:
     sels = d.get("selections", {})
 
     def wanted(bench: str, method: str) -> str:
-        sel = sels.get(bench, {}).get(method)
+        sel = sels.get(bench, {}).get(method) if view == "tuned" else None
         return run_key(method, options_of(sel) if sel is not None else {})
 
     benches: dict[str, Bench] = {}
@@ -273,7 +274,7 @@ def from_bundle(path: str | Path) -> dict[str, Bench]:
         if r.status == "complete" and r.store_key == wanted(r.benchmark, r.method):
             _add(benches, r, str(path))
     if not benches:
-        raise NoPerSeedValues(f"{path}: no tuned run in the bundle")
+        raise NoPerSeedValues(f"{path}: no {view} run in the bundle")
     return benches
 
 
@@ -285,8 +286,21 @@ def _seed_range(seeds: list[int]) -> str:
     return ("seed " if len(seeds) == 1 else "seeds ") + ", ".join(map(str, seeds))
 
 
-def render(benches: dict[str, Bench], source: str) -> str:
-    """The README block: one table per benchmark, then the paired differences."""
+def _pair_sentences(benches: dict[str, Bench]) -> list[str]:
+    """The paper's swaps (:data:`PAIRS`), paired by seed, one sentence per benchmark that has both sides."""
+    sentences = []
+    for scenario, a, c, label in PAIRS:
+        for b in benches.values():
+            if (b.scenario in (None, scenario)) and a in b.values and c in b.values:
+                pa = {s: v["average_accuracy"] for s, v in b.values[a].items()}
+                pc = {s: v["average_accuracy"] for s, v in b.values[c].items()}
+                sentences.append(f"{label} on {b.name} = {format_paired(paired(pa, pc), a=a, b=c)}")
+    return sentences
+
+
+def render(benches: dict[str, Bench], source: str, defaults: dict[str, Bench] | None = None) -> str:
+    """The README block: one table per benchmark, then the paired differences (and, given ``defaults``,
+    the same differences at the methods' reference defaults)."""
     all_seeds = sorted({s for b in benches.values() for per in b.values.values() for s in per})
     out = [BEGIN, "",
            f"Head to head (chapter 5; final average accuracy $A_T$ and forgetting $F$ in %, over "
@@ -308,17 +322,14 @@ def render(benches: dict[str, Bench], source: str) -> str:
             params = f"{b.params[m]:,}" if m in b.params else "-"
             out.append(f"| {name} | {acc.n} | {format_ci(acc)} | {format_ci(fg) if fg else '-'} | {params} |")
         out.append("")
-    sentences = []
-    for scenario, a, c, label in PAIRS:
-        for b in benches.values():
-            if (b.scenario in (None, scenario)) and a in b.values and c in b.values:
-                pa = {s: v["average_accuracy"] for s, v in b.values[a].items()}
-                pc = {s: v["average_accuracy"] for s, v in b.values[c].items()}
-                p = paired(pa, pc)
-                sentences.append(f"{label} on {b.name} = {format_paired(p, a=a, b=c)}")
+    sentences = _pair_sentences(benches)
     if sentences:
         out += ["Paired by seed (points of $A_T$, mean ± sample std [95% interval]): " + "; ".join(sentences) + ".",
                 ""]
+    d_sentences = _pair_sentences(defaults or {})
+    if d_sentences:
+        out += ["The same pairs at the methods' reference defaults (untuned, same seeds; chapter 5's defaults view): "
+                + "; ".join(d_sentences) + ".", ""]
     out.append(END)
     return "\n".join(out)
 
@@ -343,10 +354,15 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--write", metavar="README", help="replace the block between the markers in this file")
     g.add_argument("--check", metavar="README", help="exit 1 when this file's block differs")
     args = ap.parse_args(argv)
+    defaults = None
     try:
         if args.bundle:
             bp = Path(args.bundle).resolve()
             benches, source = from_bundle(bp), str(bp.relative_to(ROOT)) if bp.is_relative_to(ROOT) else str(bp)
+            try:
+                defaults = from_bundle(bp, view="defaults")
+            except NoPerSeedValues:
+                defaults = None
         elif args.runs:
             benches, source = from_runs(args.runs, args.tuned), args.runs
         else:
@@ -357,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"readme_tables: {e}\nThe README is left alone: its numbers cannot be recomputed without per-seed "
               f"values (run chapter 5's grid and pass --runs runs/<profile>).", file=sys.stderr)
         return 2
-    block = render(benches, source)
+    block = render(benches, source, defaults)
     if args.write or args.check:
         path = Path(args.write or args.check)
         text = path.read_text()

@@ -8,7 +8,8 @@ from cl_peft_lib.records import record_path
 ROOT = Path(__file__).resolve().parents[1]
 
 #: packaged name -> the repository file it must copy byte for byte
-BENCH_COPIES = {"bench_h200.json": "benchmarks/results_h200.json", "bench_cpu.json": "benchmarks/results_cpu.json"}
+BENCH_COPIES = {"bench_h200.json": "benchmarks/results_h200.json", "bench_cpu.json": "benchmarks/results_cpu.json",
+                "bench_h200_fp16.json": "benchmarks/results_h200_fp16.json"}
 
 
 @pytest.mark.parametrize("packaged, original", sorted(BENCH_COPIES.items()))
@@ -46,3 +47,18 @@ def test_the_appendix_table_is_the_published_module():
     block = text.split("<!-- published: begin -->\n", 1)[1].split("\n<!-- published: end -->", 1)[0]
     assert block == markdown_table(), "regenerate the appendix table: python -m cl_peft_lib.published"
     assert all(p.source and p.note for p in PUBLISHED)
+
+
+def test_the_appendix_fp16_table_is_the_packaged_run():
+    """book/appendix_paper_track.md holds bench_report.fp16_markdown() of the packaged fp16 run verbatim."""
+    import json
+    from pathlib import Path
+
+    from cl_peft_lib.bench_report import fp16_markdown
+    from cl_peft_lib.records import record_path
+
+    text = (Path(__file__).resolve().parents[1] / "book" / "appendix_paper_track.md").read_text()
+    block = text.split("<!-- fp16: begin -->\n", 1)[1].split("\n<!-- fp16: end -->", 1)[0]
+    res = json.loads(record_path("bench_h200_fp16.json").read_text())
+    assert block == fp16_markdown(res), "regenerate the appendix's fp16 table from cl_peft_lib/records/bench_h200_fp16.json"
+    assert all(r.get("amp") == "fp16" for r in res["configs"] if r.get("status") == "ok" and "train_img_s" in r)

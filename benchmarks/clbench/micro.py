@@ -10,6 +10,7 @@ Chapter: ``notebooks/07_efficiency.ipynb``.
 from __future__ import annotations
 
 import copy
+import math
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -74,6 +75,14 @@ def training_state(r: _loop.Runner, total_steps: int, fused: bool = False):
     return opt, sched, scaler, [p for g in groups for p in g["params"]]
 
 
+def fp16_skipped_steps(scaler: torch.amp.GradScaler) -> int:
+    """Optimizer steps a fresh ``GradScaler`` skipped for inf/NaN gradients: each skip halves the scale, and
+    within its growth interval (2,000 steps, far more than a benchmark takes) the scale never grows, so the
+    count is ``log2(initial scale / scale)``."""
+    init = scaler._init_scale if hasattr(scaler, "_init_scale") else 2.0 ** 16
+    return int(round(math.log2(init / scaler.get_scale())))
+
+
 def bench_method(b: Bench, name: str, bs: int, compiled: bool = False, fused: bool = False) -> dict:
     """Build ``name`` through the loop, time its training step and ``predict``; see the module docstring."""
     s = b.s
@@ -111,6 +120,8 @@ def bench_method(b: Bench, name: str, bs: int, compiled: bool = False, fused: bo
         rec.update(train_img_s=tr["img_s"], train_img_s_repeats=tr["img_s_repeats"], train_step_ms=tr["step_ms"],
                    train_warmup_s=tr["warmup_s"], peak_mem_train_gib=mem_peak_gib(dev, base_mem),
                    flops_train_step=flops, flops_train_per_img=flops / bs, flops_by_op=by_op)
+        if scaler.is_enabled():  # fp16 (CL_PEFT_AMP=fp16 or a GPU without bf16): steps the scaler skipped
+            rec.update(amp="fp16", fp16_skipped_steps=fp16_skipped_steps(scaler))
         opt.zero_grad(set_to_none=True)
         del opt, sched, params, state
     else:

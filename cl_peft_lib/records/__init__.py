@@ -8,6 +8,9 @@ training, also from a ``pip install`` without the repository (Colab):
   ``benchmarks/results_h200.json`` (``benchmarks/bench.py --mode gpu``, ViT-B/16 on one H200) and
   ``benchmarks/results_cpu.json`` (``--mode cpu``, the offline ViT); copy them here after a new benchmark
   run (``tests/test_records.py`` fails until the copies equal the originals).
+* ``bench_h200_fp16.json``: the same for ``benchmarks/results_h200_fp16.json``, the suite under
+  ``CL_PEFT_AMP=fp16`` (the T4's path), which the appendix's fp16 table reads
+  (:func:`cl_peft_lib.bench_report.fp16_markdown`).
 
 Chapters: ``notebooks/05_head_to_head.ipynb``, ``notebooks/07_efficiency.ipynb`` (the benchmark tables),
 ``notebooks/08_after_the_swap.ipynb``.
