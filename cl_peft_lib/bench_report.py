@@ -102,6 +102,16 @@ def format_markdown(res: dict) -> str:
 
 
 # ---------------------------------------------------------------- the tables of chapter 7
+def train_throughput(c: dict) -> float | None:
+    """A config's training images/s; None for a method that trains no backbone pass by backprop (RanPAC:
+    a closed-form solve), which the tables write as "no backprop" and the explorers leave at 0."""
+    return c.get("train_img_s")
+
+
+def _num(v: float | None, spec: str) -> str:
+    return "–" if v is None else format(v, spec)
+
+
 def configs_markdown(res: dict, bs: int | None = None) -> str:
     """Chapter 7's table of the measured configs (all batch sizes, or ``bs``): throughputs, their ratios
     to the references and to the plain ViT, trainable parameters, MFU and peak training memory. A config
@@ -110,19 +120,34 @@ def configs_markdown(res: dict, bs: int | None = None) -> str:
     head = ("| config | batch | compiled | train img/s | × full FT | × peft LoRA | infer img/s | × plain ViT | params | "
             "MFU | peak mem (GiB) |")
     out = [head, "|" + "---|" * 11]
-    nan = float("nan")
     for c in rows:
         inf = c["infer_img_s"]["inference_mode"] if isinstance(c["infer_img_s"], dict) else c["infer_img_s"]
-        ratio = c.get("infer_ratio_plain_vit", {})
+        ratio = c.get("infer_ratio_plain_vit") or {}
         ratio = ratio.get("inference_mode") if isinstance(ratio, dict) else ratio
-        mem = c.get("peak_mem_train_gib")
         name = c["name"] + (" (fused optimizer)" if c.get("fused_optimizer") else "")
-        train = "no backprop" if c.get("train_img_s") is None else f"{c['train_img_s']:,.0f}"  # e.g. RanPAC
+        tr = train_throughput(c)
+        train = "no backprop" if tr is None else f"{tr:,.0f}"
         out.append(f"| {name} | {c['batch_size']} | {'yes' if c.get('compile') else 'no'} | {train} | "
-                   f"{c.get('train_ratio_ref_full_ft', nan):.2f} | {c.get('train_ratio_ref_peft_lora', nan):.2f} | "
-                   f"{inf:,.0f} | {ratio if ratio is None else f'{ratio:.2f}'} | {c['trainable_params']:,} | "
-                   f"{c.get('mfu', nan):.2f} | {'-' if mem is None else f'{mem:.1f}'} |")
+                   f"{_num(c.get('train_ratio_ref_full_ft'), '.2f')} | {_num(c.get('train_ratio_ref_peft_lora'), '.2f')} | "
+                   f"{inf:,.0f} | {_num(ratio, '.2f')} | {c['trainable_params']:,} | "
+                   f"{_num(c.get('mfu'), '.2f')} | {_num(c.get('peak_mem_train_gib'), '.1f')} |")
     return "\n".join(out)
+
+
+def runs_note(res: dict, bs: int | None = None) -> str:
+    """A sentence for a results file that several benchmark runs wrote (``--append``): ratios and MFU are per
+    run, and which rows (of batch ``bs``, or all) carry no ratio because their run measured no reference;
+    ``""`` for a file of one run."""
+    runs = res.get("ceiling_runs") or []
+    if len(runs) < 2:
+        return ""
+    rows = [c for c in res["configs"] if c.get("status") == "ok" and (bs is None or c["batch_size"] == bs)]
+    bare = sorted({c["name"] for c in rows if c.get("run", 0) > 0 and c.get("train_ratio_ref_full_ft") is None
+                   and not c.get("infer_ratio_plain_vit")})
+    return (f"The file holds {len(runs)} benchmark runs; each row's ratios (× full FT, × peft LoRA, × plain ViT) "
+            f"come from references measured in its own run, and its MFU from its own run's matmul ceiling "
+            f"({', '.join(f'{t:.0f}' for t in runs if t)} TFLOP/s)."
+            + (f" Rows added by a later run without references show no ratio: {', '.join(bare)}." if bare else ""))
 
 
 def targets_markdown(res: dict) -> str:

@@ -35,7 +35,7 @@ def run_method(method: str, benchmark: str, profile: str, seed: int = 0, device:
     cfg = RunConfig(method, benchmark, profile, seed=seed, device=device, method_options=options, progress=False,
                     out_dir=str(run_dir(profile, benchmark, method, seed, options, root=root)))
     runner = Runner(cfg)
-    if runner.finished_result() is not None and not (runner.out / "checkpoint.pt").exists():
+    if runner.finished_result() is not None and not runner.checkpoint_path.exists():
         runner.say("a finished result without its checkpoint: no trained method to inspect, training it again")
         runner = Runner(replace(cfg, resume=False))
     return runner, runner.run()

@@ -1,6 +1,7 @@
 """The grid runner: many independent runs (method x benchmark x seed) spread over GPUs or CPU processes.
 
-Every run is an ordinary ``python -m cl_peft_lib run`` in its own subprocess, writing to its
+Every run is an ordinary ``cl-peft run``, made by a persistent worker process of its slot
+(:mod:`cl_peft_lib.worker`; ``$CL_PEFT_GRID_PROCESS=fresh``: a new subprocess per run), writing to its
 folder in the run store (:func:`cl_peft_lib.store.run_dir`:
 ``<root>/<profile>/<benchmark>/<key>/seed<seed>/`` with ``results.json``, ``checkpoint.pt``, ``log.txt``).
 On GPUs each slot runs one run at a time (``CUDA_VISIBLE_DEVICES`` set to its GPU); a GPU
@@ -74,13 +75,18 @@ class GridRun:
         return f"{self.method} {self.benchmark} seed{self.seed}"
 
 
-@dataclass
+@dataclass(eq=False)
 class Slot:
-    """Where a run executes: one GPU (``CUDA_VISIBLE_DEVICES``) or one CPU process."""
+    """Where a run executes: one GPU (``CUDA_VISIBLE_DEVICES``) or one CPU process.
+
+    ``worker`` is the slot's persistent process (:class:`cl_peft_lib.worker.Worker`) when the grid runs
+    with ``persistent=True``.
+    """
 
     name: str
     env: dict[str, str] = field(default_factory=dict)
     device: str = "cpu"
+    worker: Any = None
 
 
 def parse_list(s: str | Sequence[str] | None) -> list[str]:
@@ -138,6 +144,25 @@ def cells_of(methods: Sequence[str], benchmarks: Sequence[str], seeds: Sequence[
              options: Mapping[str, Any] | None = None) -> list[Cell]:
     """The rectangular grid as cells, benchmark-major (all methods and seeds of a benchmark together)."""
     return [Cell(m, b, int(s), dict(options or {})) for b in benchmarks for m in methods for s in seeds]
+
+
+def expected_cost(cell: Cell, profile: str | None = None) -> float:
+    """A run's relative cost, for ordering: its method's epochs (with the profile and the cell's options),
+    three times that for ``joint`` (it retrains on every task seen so far), half an epoch for the methods
+    that train no backbone pass at all (``ncm``, ``ranpac``: epochs 0)."""
+    from .loop import method_config
+    from .profiles import get_profile
+
+    epochs = getattr(method_config(cell.method, get_profile(profile), dict(cell.options)), "epochs", 1) or 0.5
+    return float(epochs) * (3.0 if cell.method == "joint" else 1.0)
+
+
+def longest_first(cells: Sequence[Cell], profile: str | None = None) -> list[Cell]:
+    """``cells`` ordered by :func:`expected_cost`, the longest first (ties keep their order): with several
+    slots the long runs start early and the short ones fill the gaps, so the slots finish together
+    (on the H200 the 20-epoch methods take up to 146 s a run, NCM 2 s)."""
+    cost = {i: expected_cost(c, profile) for i, c in enumerate(cells)}
+    return [cells[i] for i in sorted(cost, key=lambda i: -cost[i])]
 
 
 def plan_cells(cells: Sequence[Cell], profile: str, backbone: str | None = None,
@@ -229,6 +254,10 @@ def _tail(path: Path, lines: int = 6) -> str:
 def summarize_grid(runs: Sequence[GridRun]) -> dict[str, dict[str, dict[str, Any]]]:
     """``{benchmark: {method: {"seeds": [...], "n": k, metric: {...}}}}`` over complete runs.
 
+    A method that the grid runs with several option sets on one benchmark (the protocol: tuned and at its
+    defaults) gets one entry per set, ``"<method> <key=value ...>"`` (``"<method> (defaults)"``), so that
+    seeds of different settings are never pooled.
+
     Each metric cell is :meth:`cl_peft_lib.stats.Summary.to_dict` of its per-seed values:
     ``mean``, ``std`` (sample, ``ddof=1``; ``None`` with one seed), ``n``, the 95% Student-t
     interval ``ci_low`` / ``ci_high`` (``None`` with one seed), ``ci_level``, and ``values``
@@ -236,10 +265,16 @@ def summarize_grid(runs: Sequence[GridRun]) -> dict[str, dict[str, dict[str, Any
     """
     from .stats import describe
 
+    def label(r: GridRun) -> str:  # a method run with several option sets (tuned and defaults): one row each
+        sets = {canonical_json(x.options) for x in runs if x.benchmark == r.benchmark and x.method == r.method}
+        return r.method if len(sets) == 1 else f"{r.method} {' '.join(format_opts(r.options)) or '(defaults)'}"
+
     out: dict[str, dict[str, dict[str, Any]]] = {}
+    labels = [label(r) for r in runs]
     for b in dict.fromkeys(r.benchmark for r in runs):
-        for m in dict.fromkeys(r.method for r in runs):
-            done = [r for r in runs if r.benchmark == b and r.method == m and r.status == "complete" and r.metrics]
+        for m in dict.fromkeys(lab for r, lab in zip(runs, labels) if r.benchmark == b):
+            done = [r for r, lab in zip(runs, labels) if r.benchmark == b and lab == m and r.status == "complete"
+                    and r.metrics]
             cell: dict[str, Any] = {"seeds": [r.seed for r in done], "n": len(done)}
             for k in SUMMARY_METRICS:
                 vals = {r.seed: float(r.metrics[k]) for r in done if r.metrics.get(k) is not None}
@@ -345,11 +380,15 @@ def _check_names(methods: Sequence[str], benchmarks: Sequence[str], backbone: st
 def run_cells(cells: Sequence[Cell], profile: str | None = None, root: str | Path | None = None,
               gpus: Sequence[int] | str | None = None, workers: int | None = None, backbone: str | None = None,
               log: Callable[[str], None] | None = print, summary: str | Path | None = None,
-              deadline: float | None = None) -> dict[str, Any]:
+              deadline: float | None = None, persistent: bool | None = None) -> dict[str, Any]:
     """Run (or skip) every cell, each with its own options, in the run store; write and return the summary.
 
     The arguments are :func:`run_grid`'s, with ``cells`` (:class:`Cell`) in place of methods x benchmarks x seeds
     x opts. Every cell's options are checked against its method's config before anything runs.
+    ``persistent`` runs each slot's runs in one long-lived process (:mod:`cl_peft_lib.worker`: the start-up
+    of torch, CUDA and the backbone paid once per slot, not once per run); ``False`` starts a fresh
+    ``python -m cl_peft_lib run`` for every run. Default: ``$CL_PEFT_GRID_PROCESS`` (``persistent`` or
+    ``fresh``), else persistent.
     """
     from .loop import method_config
     from .profiles import get_profile
@@ -365,6 +404,17 @@ def run_cells(cells: Sequence[Cell], profile: str | None = None, root: str | Pat
         method_config(c.method, get_profile(profile), dict(c.options))
     deadline = _deadline(deadline)
     slots = make_slots(gpus, workers)
+    if persistent is None:
+        mode = os.environ.get("CL_PEFT_GRID_PROCESS", "persistent")
+        if mode not in ("persistent", "fresh"):
+            raise ValueError(f"CL_PEFT_GRID_PROCESS={mode!r}: use 'persistent' (one process per slot) or 'fresh' "
+                             f"(one process per run)")
+        persistent = mode == "persistent"
+    if persistent:
+        from .worker import Worker
+
+        for s in slots:
+            s.worker = Worker(child_env(s))
     runs = plan_cells(cells, profile, backbone, root)
     say = log or (lambda s: None)
     lock = threading.Lock()
@@ -397,14 +447,17 @@ def run_cells(cells: Sequence[Cell], profile: str | None = None, root: str | Pat
             Path(r.out).mkdir(parents=True, exist_ok=True)
             logf = Path(r.out) / "log.txt"
             t0 = time.perf_counter()
-            with open(logf, "w") as f:
-                p = subprocess.Popen(child_command(r, slot, profile, backbone, format_opts(r.options)), stdout=f,
-                                     stderr=subprocess.STDOUT, env=child_env(slot))
-                with lock:
-                    procs.add(p)
-                r.returncode = p.wait()
-                with lock:
-                    procs.discard(p)
+            cmd = child_command(r, slot, profile, backbone, format_opts(r.options))
+            if slot.worker is not None:
+                r.returncode = slot.worker.run(cmd[3:], logf)  # cmd[3:]: the arguments after "-m cl_peft_lib"
+            else:
+                with open(logf, "w") as f:
+                    p = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=child_env(slot))
+                    with lock:
+                        procs.add(p)
+                    r.returncode = p.wait()
+                    with lock:
+                        procs.discard(p)
             r.wall_s = round(time.perf_counter() - t0, 2)
             res = _read_results(Path(r.out) / "results.json")
             if r.returncode == 0 and res and res.get("status") == "complete":
@@ -431,7 +484,14 @@ def run_cells(cells: Sequence[Cell], profile: str | None = None, root: str | Pat
         with lock:
             for p in procs:
                 p.terminate()
+        for s in slots:
+            if s.worker is not None:
+                s.worker.terminate()
         raise
+    finally:
+        for s in slots:
+            if s.worker is not None:
+                s.worker.close()
 
     stats = summarize_grid(runs)
     counts = {"total": len(runs), "ran": sum(r.action == "ran" for r in runs),

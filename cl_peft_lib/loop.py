@@ -354,8 +354,13 @@ class Runner:
         return accs, (tids if m.identifies_tasks else None)
 
     # ------------------------------------------------------------------ checkpoints
-    def _ckpt_path(self) -> Path | None:
-        return self.out / "checkpoint.pt" if self.out else None
+    #: the checkpoint's file name in a run's folder (written after every task; resumed from)
+    CHECKPOINT = "checkpoint.pt"
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """``out_dir/checkpoint.pt``, the state after the last finished task (None: the run writes nothing)."""
+        return self.out / self.CHECKPOINT if self.out else None
 
     def say(self, msg: str) -> None:
         """One status line on stderr (rank 0 only): what a run does about what it found on disk."""
@@ -380,7 +385,7 @@ class Runner:
             return None
         if res.get("fingerprint") == self.fingerprint():
             return res
-        if self._ckpt_path().exists():
+        if self.checkpoint_path.exists():
             return None  # load_checkpoint refuses a foreign checkpoint with its own message
         raise CheckpointError(f"{path} holds the complete result of a different run (or one made before runs "
                               f"recorded their fingerprint) and no checkpoint; it is not overwritten: use another "
@@ -388,7 +393,7 @@ class Runner:
 
     def load_checkpoint(self) -> dict | None:
         """The checkpoint of this very run, or None; raises :class:`CheckpointError` for a foreign or corrupt one."""
-        path = self._ckpt_path()
+        path = self.checkpoint_path
         if path is None or not self.cfg.resume or not path.exists():
             return None
         try:
@@ -442,7 +447,7 @@ class Runner:
             return done
         start = 0
         if ck is not None:
-            r.say(f"resuming after task {ck['task']} of {s.num_tasks} ({r._ckpt_path()})")
+            r.say(f"resuming after task {ck['task']} of {s.num_tasks} ({r.checkpoint_path})")
             start = ck["task"] + 1
             for k in ("accuracy_matrix", "task_id_accuracy", "wall_time_s", "train_logs"):
                 result[k] = ck["results"][k]
@@ -470,7 +475,7 @@ class Runner:
                     atomic_torch_save({"fingerprint": r.fingerprint(), "task": t, "state": m.checkpoint_state(),
                                        "results": {k: result[k] for k in ("accuracy_matrix", "task_id_accuracy",
                                                                           "wall_time_s", "train_logs")}},
-                                      r._ckpt_path())
+                                      r.checkpoint_path)
                     RunResult.from_dict(result, source=results_path).save(results_path)
         except Exception as e:
             result["status"] = "failed"

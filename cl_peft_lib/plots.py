@@ -55,17 +55,19 @@ def average_accuracy_curves(runs: dict[str, Sequence[Sequence[Sequence[float]]]]
         curves = np.array([[np.mean(as_matrix(R)[t, : t + 1]) for t in range(len(R))] for R in mats])
         x = np.arange(1, curves.shape[1] + 1)
         mu = curves.mean(0)
-        ax.plot(x, mu, marker="o", label=name)
+        method = name.split()[0] if name.split() else name  # "l2l (rank 1)" is drawn in l2l's colour
+        color = method_color(method) if method in METHOD_COLORS else None
+        ax.plot(x, mu, marker="o", label=name, color=color)
         if len(mats) > 1:  # band: ± the sample std of :func:`cl_peft_lib.stats.describe`
             sd = np.array([describe(curves[:, j]).std for j in range(curves.shape[1])])
-            ax.fill_between(x, mu - sd, mu + sd, alpha=0.2)
+            ax.fill_between(x, mu - sd, mu + sd, alpha=0.2, color=ax.lines[-1].get_color())
     if chance is not None:
         ax.axhline(chance, ls="--", c="grey", lw=1, label="chance (final)")
     ax.set_xlabel("tasks learned")
     ax.set_ylabel("average accuracy on seen tasks (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=9)
     if title:
         ax.set_title(title, fontsize=10)
     return fig
@@ -85,7 +87,7 @@ def task_accuracy_bars(runs: dict[str, Sequence[Sequence[float]]], t: int, task_
     ax.set_xlabel("task")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"after training task {t + 1} of {len(task_names)}", fontsize=10)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=9, loc="upper left")
     ax.grid(axis="y", alpha=0.3)
     return fig
 
@@ -161,7 +163,7 @@ def selection_heatmap(freq: np.ndarray, task_names: Sequence[str], ax=None, titl
     """``freq[t, m]``: fraction of task t's test selections that picked module m (keyed pools)."""
     fig, ax = _ax(ax, (5.2, 3.2))
     im = ax.imshow(freq, vmin=0, vmax=max(float(freq.max()), 1e-6), cmap="magma", aspect="auto")
-    ax.set_xticks(range(freq.shape[1]), [str(i) for i in range(freq.shape[1])], fontsize=8)
+    ax.set_xticks(range(freq.shape[1]), [str(i) for i in range(freq.shape[1])], fontsize=9)
     ax.set_yticks(range(freq.shape[0]), list(task_names), fontsize=9)
     ax.set_xlabel(f"{module} index in the pool")
     ax.set_ylabel("test images of task")

@@ -83,16 +83,27 @@ def run_protocol(profile: str, root: str | Path | None = None, gpus: Sequence[in
         ``{"selections": {benchmark: {method: selection}}, "grid": the head-to-head grid summary}``; with a
         ``deadline`` some runs may be ``not started`` (``grid["counts"]["not_started"]``).
     """
-    from .grid import Cell, run_cells
+    import time
+
+    from .grid import Cell, longest_first, run_cells
 
     say = log or (lambda s: None)
     st = SETTINGS[profile]
+    t0 = time.perf_counter()
+    grids: list[dict] = []
+
+    def tune_grid(cells, **kw):
+        grids.append(run_cells(cells, **kw))
+        return grids[-1]
+
     sels = tune_plan(tuning_plan(profile), profile, TUNE_SEEDS, st["budget"], spaces(profile), root,
-                     gpus=gpus, workers=workers, deadline=deadline, log=None)
+                     run=tune_grid, gpus=gpus, workers=workers, deadline=deadline, log=None)
+    t_tune = time.perf_counter() - t0
     n_sel = sum(len(v) for v in sels.values())
     n_want = sum(len(v) for v in tuning_plan(profile).values())
-    say(f"protocol: {n_sel} of {n_want} selections stored")
+    say(f"protocol: {n_sel} of {n_want} selections stored ({t_tune:.0f} s)")
     if n_sel < n_want:
+        _log_timing(profile, root, t_tune, grids[0] if grids else None, None)
         return {"selections": sels, "grid": None, "complete": False}
     cells = tuned_cells(plan(profile), st["seeds"], profile, root)
     n_tuned = len(cells)
@@ -103,11 +114,53 @@ def run_protocol(profile: str, root: str | Path | None = None, gpus: Sequence[in
                 key = (m, b, int(s), "{}")
                 if key not in tuned:
                     cells.append(Cell(m, b, int(s), {}))
-    rank = {m: 0 for pair in PAIRS for m in pair} | {"lora": 1, "dualprompt": 1} | {m: 3 for m in AFTER}
-    order = sorted(range(len(cells)), key=lambda i: (i >= n_tuned, rank.get(cells[i].method, 2), i))
-    cells = [cells[i] for i in order]  # under a time limit the paper's pairs come first, the defaults view last
+    # the tuned head-to-head before the defaults view, each longest run first (the slots then end together)
+    cells = longest_first(cells[:n_tuned], profile) + longest_first(cells[n_tuned:], profile)
     g = run_cells(cells, profile, root, gpus, workers, log=say, deadline=deadline)
+    _log_timing(profile, root, t_tune, grids[0] if grids else None, g)
     return {"selections": sels, "grid": g, "complete": not g["counts"]["not_started"] and not g["counts"]["failed"]}
+
+
+def timing_path(profile: str, root: str | Path | None = None) -> Path:
+    """Where ``cl-peft protocol`` logs the wall time of each of its invocations under ``profile``."""
+    from .store import store_root
+
+    return store_root(root) / profile / "protocol_timing.json"
+
+
+def _log_timing(profile: str, root: str | Path | None, tune_s: float, tune_grid: dict | None,
+                grid: dict | None) -> None:
+    """Append this invocation's wall times and run counts to :func:`timing_path`."""
+    import datetime as _dt
+
+    from .utils import atomic_write_json
+
+    def ran(g):
+        return 0 if g is None else g["counts"]["ran"]
+
+    slots = (grid or tune_grid or {}).get("config", {}).get("slots")
+    entry = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+             "tune_wall_s": round(tune_s, 1), "tune_runs": ran(tune_grid),
+             "head_to_head_wall_s": None if grid is None else grid["wall_s"], "head_to_head_runs": ran(grid),
+             "failed": sum(g["counts"]["failed"] for g in (tune_grid, grid) if g), "slots": slots}
+    p = timing_path(profile, root)
+    try:
+        log = json.loads(p.read_text())
+    except (OSError, ValueError):
+        log = []
+    atomic_write_json(p, [*log, entry])
+
+
+def timing_summary(timing: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The protocol's total wall time over the logged invocations (:func:`timing_path`, or a bundle's
+    ``timing``): ``{"wall_s", "invocations", "runs", "tune_runs", "head_to_head_runs", "slots"}``;
+    ``wall_s`` sums the tuning and head-to-head grids of every invocation that ran something; ``slots``
+    lists the distinct numbers of runs at a time."""
+    used = [t for t in timing if t.get("tune_runs") or t.get("head_to_head_runs")]
+    wall = sum(t["tune_wall_s"] + (t.get("head_to_head_wall_s") or 0) for t in used)
+    tr, hr = sum(t.get("tune_runs", 0) for t in used), sum(t.get("head_to_head_runs", 0) for t in used)
+    return {"wall_s": round(wall, 1), "invocations": len(used), "runs": tr + hr, "tune_runs": tr,
+            "head_to_head_runs": hr, "slots": sorted({len(t["slots"]) for t in used if t.get("slots")})}
 
 
 def _results(profile: str, benchmark: str, method: str, seeds: Sequence[int], options: Mapping[str, Any],
@@ -181,20 +234,27 @@ def selections(profile: str, root: str | Path | None = None) -> dict[str, dict[s
 BUNDLE_SCHEMA = "cl-peft-protocol/1"
 
 
-def export_bundle(profile: str, path: str | Path, root: str | Path | None = None) -> dict[str, int]:
-    """Write the protocol's selections and every finished head-to-head run (both views) to one JSON file,
-    the results a reader can load instead of training (:func:`import_bundle`). Returns the counts written."""
+def export_bundle(profile: str, path: str | Path, root: str | Path | None = None,
+                  views: Sequence[str] = ("tuned", "defaults")) -> dict[str, int]:
+    """Write the protocol's selections and every finished head-to-head run of ``views`` to one JSON file,
+    the results a reader can load instead of training (:func:`import_bundle`). Returns the counts written.
+    ``views=("defaults",)`` writes the reference-defaults view alone, with no selections: a store that starts
+    from it re-tunes everything (how the protocol's wall time was measured, the defaults view carried over)."""
     from .utils import atomic_write_json
 
     runs = []
-    for view in ("tuned", "defaults"):
+    for view in views:
         for b, per in head_to_head(profile, view, root, missing="skip").items():
             for m, rs in per.items():
                 runs += rs
     uniq = {(r["method"], r["benchmark"], r["seed"], r.get("store_key")): r for r in runs}
-    sels = selections(profile, root)
+    sels = selections(profile, root) if "tuned" in views else {}
+    try:
+        timing = json.loads(timing_path(profile, root).read_text())
+    except (OSError, ValueError):
+        timing = []
     atomic_write_json(path, {"schema": BUNDLE_SCHEMA, "profile": profile, "selections": sels,
-                             "runs": list(uniq.values())})
+                             "runs": list(uniq.values()), "timing": timing})
     return {"selections": sum(len(v) for v in sels.values()), "runs": len(uniq)}
 
 

@@ -5,5 +5,6 @@ mkdir -p /tmp/off && tar -xJf .carry/offline.tar.xz -C /tmp/off && gzip -f -1 /t
 # no run store carried: start from the packaged protocol results (selections are kept, finished runs skipped)
 export CL_PEFT_OFFLINE_DATA=/tmp/off PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 if [ -f .carry/runs.tar.xz ] && [ ! -d runs/offline ]; then tar -xJf .carry/runs.tar.xz; fi
+# BUNDLE: another bundle to start from, e.g. .carry/defaults_view.json (the defaults view alone: re-tune everything)
 if [ ! -d runs/offline ]; then python3 -m cl_peft_lib protocol --profile offline --root runs \
-  --import cl_peft_lib/records/offline_protocol.json; fi
+  --import "${BUNDLE:-cl_peft_lib/records/offline_protocol.json}"; fi

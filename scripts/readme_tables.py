@@ -298,9 +298,24 @@ def _pair_sentences(benches: dict[str, Bench]) -> list[str]:
     return sentences
 
 
-def render(benches: dict[str, Bench], source: str, defaults: dict[str, Bench] | None = None) -> str:
+def timing_sentence(timing: dict[str, Any] | None) -> str | None:
+    """The protocol's measured wall time (:func:`cl_peft_lib.protocol.timing_summary` of a bundle's ``timing``),
+    set against the 20-minute target of tuning plus the tuned head-to-head; None without timing."""
+    if not timing or not timing.get("runs"):
+        return None
+    slots = "–".join(str(k) for k in timing["slots"]) if timing.get("slots") else "?"
+    mins = timing["wall_s"] / 60
+    verdict = "within" if mins <= 20 else "over"
+    return (f"Wall time of `cl-peft protocol` for tuning ({timing['tune_runs']} runs) and the tuned head-to-head "
+            f"({timing['head_to_head_runs']} runs), from an empty run store: {timing['wall_s']:,.0f} s "
+            f"({mins:.1f} min, {verdict} the 20-min target) over {timing['invocations']} invocations on one H200, "
+            f"{slots} runs at a time (the sum of the grids' wall times; the defaults view was carried over).")
+
+
+def render(benches: dict[str, Bench], source: str, defaults: dict[str, Bench] | None = None,
+           timing: dict[str, Any] | None = None) -> str:
     """The README block: one table per benchmark, then the paired differences (and, given ``defaults``,
-    the same differences at the methods' reference defaults)."""
+    the same differences at the methods' reference defaults; given ``timing``, the protocol's wall time)."""
     all_seeds = sorted({s for b in benches.values() for per in b.values.values() for s in per})
     out = [BEGIN, "",
            f"Head to head (chapter 5; final average accuracy $A_T$ and forgetting $F$ in %, over "
@@ -330,6 +345,9 @@ def render(benches: dict[str, Bench], source: str, defaults: dict[str, Bench] | 
     if d_sentences:
         out += ["The same pairs at the methods' reference defaults (untuned, same seeds; chapter 5's defaults view): "
                 + "; ".join(d_sentences) + ".", ""]
+    t = timing_sentence(timing)
+    if t:
+        out += [t, ""]
     out.append(END)
     return "\n".join(out)
 
@@ -354,10 +372,13 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--write", metavar="README", help="replace the block between the markers in this file")
     g.add_argument("--check", metavar="README", help="exit 1 when this file's block differs")
     args = ap.parse_args(argv)
-    defaults = None
+    defaults = timing = None
     try:
         if args.bundle:
             bp = Path(args.bundle).resolve()
+            from cl_peft_lib.protocol import timing_summary
+
+            timing = timing_summary(json.loads(bp.read_text()).get("timing") or [])
             benches, source = from_bundle(bp), str(bp.relative_to(ROOT)) if bp.is_relative_to(ROOT) else str(bp)
             try:
                 defaults = from_bundle(bp, view="defaults")
@@ -373,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"readme_tables: {e}\nThe README is left alone: its numbers cannot be recomputed without per-seed "
               f"values (run chapter 5's grid and pass --runs runs/<profile>).", file=sys.stderr)
         return 2
-    block = render(benches, source, defaults)
+    block = render(benches, source, defaults, timing)
     if args.write or args.check:
         path = Path(args.write or args.check)
         text = path.read_text()

@@ -225,3 +225,27 @@ def test_chapter_tables_come_from_the_report():
     t = targets_markdown(res).splitlines()[2:]
     assert [r.split(" | ")[0][2:] for r in t] == [x["name"] for x in res["targets"]]
     assert len(e2e_lines(res)) == len(res["e2e"]) and all(x.startswith("end-to-end ") for x in e2e_lines(res))
+
+
+def test_append_keeps_earlier_rows_and_takes_ratios_only_within_one_run(bench, one_thread, tmp_path):
+    """``--append``: the kept rows keep their MFU (against their own run's ceiling) and ratios; a row of the new
+    run gets its MFU from the new run's ceiling, and no ratio when the new run measured no reference."""
+    first = bench.run_benchmark(_settings(bench, ["finetune"], one_thread), None, log=lambda _: None)
+    kept = {c["name"]: dict(c) for c in first["configs"]}
+    s = _settings(bench, ["linear_probe"], one_thread)
+    s.references = False
+    res = bench.run_benchmark(s, None, log=lambda _: None, append_to=json.loads(json.dumps(first)))
+    rows = {c["name"]: c for c in res["configs"]}
+    assert set(rows) == {"finetune", "ref_full_ft", "ref_peft_lora", "linear_probe"}
+    for n, old in kept.items():  # untouched: same run index, MFU, ceiling and ratios as in the first run
+        assert rows[n]["run"] == 0 and rows[n]["mfu"] == old["mfu"] and rows[n]["ceiling_tflops"] == old["ceiling_tflops"]
+        assert rows[n]["train_ratio_ref_full_ft"] == old["train_ratio_ref_full_ft"]
+    new = rows["linear_probe"]
+    assert new["run"] == 1 and new["ceiling_tflops"] == res["ceiling"]["tflops"] == res["ceiling_runs"][1]
+    assert res["ceiling_runs"][0] == first["ceiling"]["tflops"]
+    assert new["mfu"] == round(new["flops_train_step"] / (new["train_step_ms"] / 1000) / (new["ceiling_tflops"] * 1e12), 4)
+    assert new["train_ratio_ref_full_ft"] is None and new["infer_ratio_plain_vit"] is None  # no side-by-side reference
+    from cl_peft_lib.bench_report import configs_markdown, runs_note
+
+    assert "| linear_probe | 8 | no | " in configs_markdown(res) and "| – | – |" in configs_markdown(res)
+    assert runs_note(res).endswith("without references show no ratio: linear_probe.") and runs_note(first) == ""

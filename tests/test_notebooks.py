@@ -71,7 +71,7 @@ def test_committed_outputs_are_clean(path):
 #: chapter from this set when its re-executed notebook is committed: the xfail is strict, so a
 #: listed chapter that has its figures fails the suite ("XPASS(strict)") until it is removed.
 #: (07_efficiency draws no static figure, only an explorer, so it has nothing to await.)
-AWAITING_GPU_FIGURES = {"04_lora"}
+AWAITING_GPU_FIGURES: set[str] = set()
 #: notebook metadata written by scripts/execute_notebooks.py (how the outputs were produced)
 EXECUTION_KEY = "cl_peft_execution"
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"

@@ -371,6 +371,7 @@ def test_run_grid_accepts_a_dict_of_options(monkeypatch, tmp_path):
         def wait(self):
             return 3
 
+    monkeypatch.setenv("CL_PEFT_GRID_PROCESS", "fresh")
     monkeypatch.setattr(grid.subprocess, "Popen", FakeProc)
     opts = {"layers": (0, 1), "target_modules": ("qkv", "fc1"), "lr": 0.003, "alpha": None}
     g = grid.run_grid(["l2l"], ["offline-cil"], [0], "smoke", tmp_path, workers=1, backbone=BB, opts=opts, log=None)

@@ -45,6 +45,7 @@ class _FakeChild:
 @pytest.fixture
 def fake_children(monkeypatch):
     _FakeChild.calls = []
+    monkeypatch.setenv("CL_PEFT_GRID_PROCESS", "fresh")  # a fake child per run (tests/test_worker.py: the workers)
     monkeypatch.setattr(grid.subprocess, "Popen", _FakeChild)
     return _FakeChild.calls
 
@@ -232,6 +233,53 @@ def test_cl_peft_protocol_end_to_end_on_the_smoke_track(monkeypatch, tmp_path, c
     assert {b: {m: [r["accuracy_matrix"] for r in rs] for m, rs in per.items()} for b, per in h2.items()} == \
         {b: {m: [r["accuracy_matrix"] for r in rs] for m, rs in per.items()} for b, per in h.items()}
     assert all("imported_from" in r["provenance"] for per in h2.values() for rs in per.values() for r in rs)
+    # the wall time of the invocation is logged and travels with the bundle
+    [t] = json.loads(protocol.timing_path("smoke", root).read_text())
+    n_trials = sum(len(v) for v in protocol.tuning_plan("smoke").values()) * protocol.SETTINGS["smoke"]["budget"]
+    assert t["tune_runs"] == n_trials and t["head_to_head_runs"] > 0 and t["failed"] == 0 and len(t["slots"]) == 2
+    tot = protocol.timing_summary(json.loads(bundle.read_text())["timing"])
+    assert tot["runs"] == t["tune_runs"] + t["head_to_head_runs"] and tot["slots"] == [2]
+    assert tot["wall_s"] == pytest.approx(t["tune_wall_s"] + t["head_to_head_wall_s"], abs=0.1)
+    # the defaults view alone: no selections, only runs at the reference defaults
+    dv = tmp_path / "defaults.json"
+    protocol.export_bundle("smoke", dv, root, views=("defaults",))
+    d_only = json.loads(dv.read_text())
+    assert d_only["selections"] == {} and d_only["runs"]
+    assert all(not r["run"].get("method_options") for r in d_only["runs"])
+    assert len(d_only["runs"]) == sum(len(rs) for per in d.values() for rs in per.values())
+
+
+def test_timing_summary_sums_the_invocations_that_ran_something():
+    log = [{"tune_wall_s": 400.0, "tune_runs": 36, "head_to_head_wall_s": None, "head_to_head_runs": 0,
+            "slots": ["gpu0"] * 12},
+           {"tune_wall_s": 0.4, "tune_runs": 0, "head_to_head_wall_s": 0.0, "head_to_head_runs": 0, "slots": []},
+           {"tune_wall_s": 1.0, "tune_runs": 0, "head_to_head_wall_s": 300.5, "head_to_head_runs": 90,
+            "slots": ["gpu0"] * 14}]
+    assert protocol.timing_summary(log) == {"wall_s": 701.5, "invocations": 2, "runs": 126, "tune_runs": 36,
+                                            "head_to_head_runs": 90, "slots": [12, 14]}
+    assert protocol.timing_summary([])["wall_s"] == 0
+
+
+def test_a_grid_summary_never_pools_seeds_of_two_settings(fake_children, tmp_path):
+    cells = [Cell("l2p", "offline-cil", s, o) for o in ({"lr": 0.01}, {}) for s in (0, 1)]
+    g = run_cells(cells, "smoke", tmp_path, workers=1, backbone=BB, log=None)
+    per = g["summary"]["offline-cil"]
+    assert set(per) == {"l2p lr=0.01", "l2p (defaults)"}
+    assert per["l2p lr=0.01"]["average_accuracy"]["values"] == [10.0, 10.0]  # the fake child: lr x 1000
+    assert per["l2p (defaults)"]["average_accuracy"]["values"] == [50.0, 50.0]
+
+
+def test_every_search_space_moved_from_the_pilot_by_its_rate_axis_only():
+    """The final spaces keep the pilot's size and its non-rate axes; only rate axes moved (tuning.py's rule)."""
+    from cl_peft_lib.tuning import PILOT_SPACES
+
+    assert set(PILOT_SPACES) == set(SEARCH_SPACES)
+    for m, space in SEARCH_SPACES.items():
+        pilot = PILOT_SPACES[m]
+        assert len(space) == len(pilot) == BUDGET, m
+        for k in {k for c in space for k in c} | {k for c in pilot for k in c}:
+            if "lr" not in k:
+                assert [c.get(k) for c in space] == [c.get(k) for c in pilot], (m, k)
 
 
 def test_a_stored_selection_of_the_same_trials_is_kept_not_retuned(fake_children, tmp_path):

@@ -233,3 +233,28 @@ def test_accuracy_curves_band_is_the_sample_std():
     curves = np.array([[90.0, 70.0], [80.0, 66.0], [70.0, 80.0]])
     top = curves.mean(0) + curves.std(0, ddof=1)
     assert np.isclose(band.max(), top.max()) and not np.isclose(band.max(), (curves.mean(0) + curves.std(0)).max())
+
+
+def test_the_readme_timing_sentence_reads_either_way(rt):
+    base = {"tune_runs": 102, "head_to_head_runs": 105, "runs": 207, "invocations": 3, "slots": [12, 14]}
+    over = rt.timing_sentence({**base, "wall_s": 1316.6})
+    within = rt.timing_sentence({**base, "wall_s": 1100.0})
+    assert "1,317 s (21.9 min, over the 20-min target)" in over and "12–14 runs at a time" in over
+    assert "(18.3 min, within the 20-min target)" in within
+    assert rt.timing_sentence(None) is None and rt.timing_sentence({**base, "runs": 0, "wall_s": 0}) is None
+
+
+def test_accuracy_curves_draw_each_method_in_the_books_colour():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.colors import to_hex
+
+    from cl_peft_lib.plots import METHOD_COLORS, average_accuracy_curves
+
+    R = [[50.0], [40.0, 60.0]]
+    fig = average_accuracy_curves({"l2p": [R, R], "l2l (rank 1)": [R], "something else": [R]})
+    ax = fig.axes[0]
+    lines = {ln.get_label(): to_hex(ln.get_color()) for ln in ax.lines}
+    assert lines["l2p"] == to_hex(METHOD_COLORS["l2p"]) and lines["l2l (rank 1)"] == to_hex(METHOD_COLORS["l2l"])
+    assert all(t.get_fontsize() >= 9 for t in ax.get_legend().get_texts())

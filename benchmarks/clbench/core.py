@@ -29,6 +29,7 @@ class Bench:
         self.out = out
         self.log = log or (lambda msg: print(msg, flush=True))  # (flushed: a killed run keeps its progress lines)
         self.t_start = time.perf_counter()
+        self.run_index = 0  # which run of the results file this is (run.run_benchmark sets it for --append)
         if s.mode == "gpu":
             if not torch.cuda.is_available():
                 raise RuntimeError("--mode gpu needs CUDA; use --mode cpu on this machine")
@@ -117,6 +118,8 @@ class Bench:
         prev[f"tflops_{when}"] = c["tflops"]
         prev["tflops"] = max(v for k, v in prev.items() if k in ("tflops_start", "tflops_end"))
         self.results["ceiling"] = prev
+        if "ceiling_runs" in self.results:  # an appended file: each run's ceiling, by run index
+            self.results["ceiling_runs"][self.run_index] = prev["tflops"]
         self.log(f"[ceiling] {c['dtype']} {self.s.ceiling_n}^3 matmul ({when}): {c['tflops']:.4g} TFLOP/s")
         self.save()
 

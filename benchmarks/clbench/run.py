@@ -43,6 +43,7 @@ def run_config(b: Bench, what: str, fn: Callable[[], dict], key: dict, reserve: 
             tf = f"{fl / ms / 1e9:.1f} TFLOP/s" if fl and ms else "-"
             b.log(f"[{what}] {label}: train {rec.get('train_img_s') or 0:.1f} img/s ({tf}), "
                   f"infer {inf or 0:.1f} img/s, {rec['wall_s']:.1f} s (t={b.elapsed():.0f} s)")
+    rec["run"] = b.run_index  # which run of the file measured it (0: the first; --append adds runs)
     ident = ("name", "batch_size", "compile", "fused_optimizer")
     b.results["configs"] = [c for c in b.results["configs"]
                             if tuple(bool(c.get(k)) if k in ident[2:] else c.get(k) for k in ident)
@@ -90,20 +91,27 @@ def run_micro(b: Bench) -> None:
 
 
 def finish_micro(b: Bench) -> None:
-    """MFU against the final ceiling, ratios to the references and the plain ViT, the targets."""
+    """For the configurations this run measured: MFU against this run's final ceiling (the higher of start and
+    end, stored with each as ``ceiling_tflops``), ratios to the references and the plain ViT of this same run
+    (None where this run measured no reference: a ratio is only ever taken side by side); then the targets.
+    Configurations kept from earlier runs of the file (``--append``) keep their own MFU and ratios."""
     cfgs = b.results["configs"]
-    for c in cfgs:  # against the final ceiling (the higher of start and end)
+    ceiling = (b.results.get("ceiling") or {}).get("tflops")
+    ours = [c for c in cfgs if c.get("run", 0) == b.run_index]
+    for c in ours:
         if c.get("status") == "ok" and c.get("flops_train_step"):
+            c["ceiling_tflops"] = ceiling
             c["mfu"] = b.mfu(c["flops_train_step"], c.get("train_step_ms"))
             c["achieved_tflops"] = round(c["flops_train_step"] / (c["train_step_ms"] / 1000) / 1e12, 4)
-    refs = {(c["name"], c["batch_size"]): c for c in cfgs if c.get("kind") == "reference" and c["status"] == "ok"}
-    for c in cfgs:
+    refs = {(c["name"], c["batch_size"]): c for c in ours if c.get("kind") == "reference" and c["status"] == "ok"}
+    for c in ours:
         if c["status"] != "ok" or not c.get("train_img_s"):
             continue
         for r in REFERENCES:
             ref = refs.get((r, c["batch_size"]))
             c[f"train_ratio_{r}"] = round(c["train_img_s"] / ref["train_img_s"], 4) if ref else None
         ref = refs.get(("ref_full_ft", c["batch_size"]))
+        c["infer_ratio_plain_vit"] = None
         if ref and c.get("infer_img_s"):
             pv = ref["infer_img_s"].get("inference_mode")
             c["infer_ratio_plain_vit"] = {k: round(v / pv, 4) for k, v in c["infer_img_s"].items() if pv}
@@ -128,8 +136,11 @@ def run_benchmark(settings: Settings, out: str | None = None, log: Callable[[str
         keep["provenance_runs"] = keep.get("provenance_runs", []) + [b.results["provenance"]]
         b.results, old = keep, b.results
         b.results["status"] = "running"
-        for k in ("ceiling", "reference_flops"):
-            b.results.setdefault(k, old[k])
+        b.run_index = len(keep["provenance_runs"])  # run 0 is the file's first (its "provenance")
+        runs = keep.setdefault("ceiling_runs", [(keep.get("ceiling") or {}).get("tflops")])
+        runs += [None] * (b.run_index + 1 - len(runs))
+        b.results["ceiling"] = None  # this run measures its own; the earlier runs' stay in ceiling_runs
+        b.results.setdefault("reference_flops", old["reference_flops"])
         b.results.setdefault("notes", [])
         for n in old["notes"]:
             if n not in b.results["notes"]:
