@@ -185,9 +185,9 @@ def tune_plan(plan: Mapping[str, Sequence[str]], profile: str | None = None, see
             for s in seeds:
                 cells.append(Cell(m, b, s, {**(base_options or {}), **c}))
                 index.append((b, m, k))
-    from .grid import expected_cost
+    from .grid import longest_first_order
 
-    order = sorted(range(len(cells)), key=lambda i: -expected_cost(cells[i], profile))  # longest first
+    order = longest_first_order(cells, profile)  # the index of each trial moves with it
     cells, index = [cells[i] for i in order], [index[i] for i in order]
     g = run(cells, profile=profile, root=root, log=log, **grid_kw) if cells else {"runs": []}
     vals: dict[tuple[str, str, int], list] = {}
