@@ -64,6 +64,9 @@ def average_accuracy_curves(runs: dict[str, Sequence[Sequence[Sequence[float]]]]
     if chance is not None:
         ax.axhline(chance, ls="--", c="grey", lw=1, label="chance (final)")
     ax.set_xlabel("tasks learned")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole tasks, no "2.5 tasks learned"
     ax.set_ylabel("average accuracy on seen tasks (%)")
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)

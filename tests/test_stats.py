@@ -258,3 +258,4 @@ def test_accuracy_curves_draw_each_method_in_the_books_colour():
     lines = {ln.get_label(): to_hex(ln.get_color()) for ln in ax.lines}
     assert lines["l2p"] == to_hex(METHOD_COLORS["l2p"]) and lines["l2l (rank 1)"] == to_hex(METHOD_COLORS["l2l"])
     assert all(t.get_fontsize() >= 9 for t in ax.get_legend().get_texts())
+    assert all(float(x).is_integer() for x in ax.get_xticks())  # whole tasks on the axis
