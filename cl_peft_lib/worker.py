@@ -94,12 +94,18 @@ class Worker:
         self.env = env
         self.proc: subprocess.Popen | None = None
         self.lock = threading.Lock()
-        self.runs = 0
+        self.stderr: Path | None = None  # what the worker printed outside its runs (a failed start-up)
 
     def _start(self) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "cl_peft_lib.worker"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=self.env, text=True,
-                                bufsize=1)
+        import tempfile
+
+        fd, name = tempfile.mkstemp(prefix="cl-peft-worker-", suffix=".log")
+        self.stderr = Path(name)
+        try:
+            return subprocess.Popen([sys.executable, "-m", "cl_peft_lib.worker"], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=fd, env=self.env, text=True, bufsize=1)
+        finally:
+            os.close(fd)
 
     def run(self, argv: Sequence[str], log: str | Path) -> int:
         """Run ``cl-peft <argv>`` in the worker, output to ``log``; the exit code (negative: the worker died)."""
@@ -113,12 +119,12 @@ class Worker:
                 line = p.stdout.readline()
             except (BrokenPipeError, OSError):
                 line = ""
-            self.runs += 1
-            if not line:  # the worker died with the run: report it, start afresh next time
+            if not line:  # the worker died with the run: report it (with what it said), start afresh next time
                 rc = p.wait()
                 self.proc = None
+                said = self.stderr.read_text(errors="replace").strip()[-3000:] if self.stderr else ""
                 with open(log, "a") as f:
-                    f.write(f"\ngrid worker died during this run (exit code {rc})\n")
+                    f.write(f"\ngrid worker died during this run (exit code {rc})\n" + (said and said + "\n"))
                 return rc if rc and rc < 0 else -1
             return int(json.loads(line)["rc"])
 
@@ -136,6 +142,9 @@ class Worker:
             except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
             self.proc = None
+        if self.stderr is not None:
+            self.stderr.unlink(missing_ok=True)
+            self.stderr = None
 
 
 if __name__ == "__main__":

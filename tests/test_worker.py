@@ -62,3 +62,20 @@ def test_longest_first_puts_the_20_epoch_methods_before_ncm():
              Cell("joint", "offline-cil", 0), Cell("l2p", "offline-cil", 1, {"epochs": 30})]
     assert [(c.method, c.seed) for c in longest_first(cells, "offline")] == [
         ("l2p", 1), ("coda", 0), ("joint", 0), ("l2p", 0), ("ncm", 0)]
+
+
+def test_a_worker_that_cannot_start_says_why_in_the_runs_log(tmp_path):
+    """A broken install (here a cl_peft_lib that raises on import, found first on the path) kills the worker
+    before its first run; that run fails with the worker's own error in its log.txt."""
+    (tmp_path / "cl_peft_lib").mkdir()
+    (tmp_path / "cl_peft_lib" / "__init__.py").write_text("raise ImportError('a broken install')\n")
+    # PYTHONSAFEPATH: `-m` must not put the working directory (the real library) first on the path
+    w = Worker({**child_env(Slot("cpu0")), "PYTHONPATH": str(tmp_path), "PYTHONSAFEPATH": "1"})
+    try:
+        log = tmp_path / "log.txt"
+        assert w.run(["list"], log) == -1 and w.proc is None
+        text = log.read_text()
+        assert "grid worker died during this run (exit code 1)" in text and "a broken install" in text
+    finally:
+        w.close()
+    assert w.stderr is None
