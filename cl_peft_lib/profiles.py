@@ -19,7 +19,7 @@ class Profile:
     """Everything that differs between tracks.
 
     Attributes:
-        name: ``smoke``, ``offline`` or ``paper``.
+        name: ``smoke``, ``offline``, ``laptop`` or ``paper``.
         backbone: key of :data:`cl_peft_lib.backbones.BACKBONES`.
         train_per_class: training images kept per class (None keeps all).
         test_per_class: test images kept per class (None keeps all).
@@ -102,6 +102,11 @@ PROFILES: dict[str, Profile] = {
     # The offline default: real registry data, the project's distilled ViT; CPU-feasible, fast on a GPU.
     "offline": Profile("offline", "offline_vit_tiny_p4_28", train_per_class=300, test_per_class=200,
                        batch_size=128, eval_batch_size=512, **OFFLINE_AUGMENT),
+    # A laptop without a GPU (issue 16): the offline data, backbone and epochs, 50 training and 50 test images per
+    # class (a sixth of the offline training data), batch 64 at the offline learning rates (lr_batch 128). Whether
+    # the offline track's conclusions survive this cut is measured, not assumed (README: "A laptop without a GPU").
+    "laptop": Profile("laptop", "offline_vit_tiny_p4_28", train_per_class=50, test_per_class=50,
+                      batch_size=64, eval_batch_size=256, lr_batch=128, **OFFLINE_AUGMENT),
     # The paper's setting: ViT-B/16 ImageNet-21k, full data sets, the methods' published defaults.
     # Backbone per method (reference_backbones): L2P/DualPrompt/L2L the original in21k ViT-B/16, S-Prompts
     # and S-LoRA in21k fine-tuned on in1k (see cl_peft_lib.backbones); augreg_in21k for the others.

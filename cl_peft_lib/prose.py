@@ -23,6 +23,7 @@ GLUE_PREFIX = "application/papermill.record/"
 TRACKS = {
     "smoke": "smoke (CI: a few images per class, 2 epochs; numbers are not results)",
     "offline": "offline (registry data sets, the project's distilled 28-px ViT)",
+    "laptop": "laptop (the offline track cut to 50 images per class, for a CPU)",
     "paper": "paper (the paper's data sets, ViT-B/16 pretrained on ImageNet-21k)",
 }
 

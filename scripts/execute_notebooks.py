@@ -34,7 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO / "notebooks"
-PROFILES = ("smoke", "offline", "paper")
+PROFILES = ("smoke", "offline", "laptop", "paper")
 #: matplotlib backend of the kernels: IPython's inline backend, which stores figures as image/png
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 #: notebook metadata key recording how the outputs were produced (tests/test_notebooks.py reads it)

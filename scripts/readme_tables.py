@@ -278,6 +278,53 @@ def from_bundle(path: str | Path, view: str = "tuned") -> dict[str, Bench]:
     return benches
 
 
+def from_laptop_check(path: str | Path) -> dict[str, Bench]:
+    """Per-seed ``A_T`` of ``scripts/laptop_check.py``'s record (``cl_peft_lib/records/laptop_pairs.json``)."""
+    d = json.loads(Path(path).read_text())
+    benches: dict[str, Bench] = {}
+    for r in d.get("runs", []):
+        b = benches.setdefault(r["benchmark"], Bench(r["benchmark"], "domain" if r["benchmark"].endswith("dil")
+                                                      else "class"))
+        b.put(r["method"], int(r["seed"]), "average_accuracy", float(r["average_accuracy"]), str(path))
+    return benches
+
+
+def laptop_sentence(laptop: dict[str, Bench] | None, offline: dict[str, Bench], source: str,
+                    meta: dict[str, Any] | None = None) -> str | None:
+    """The laptop check next to the offline track: each swap's paired difference under ``laptop``, then which
+    keep the offline sign with an interval that excludes zero, and which the cut leaves unresolved."""
+    if not laptop:
+        return None
+    kept, lost = [], []
+    for scenario, a, c, label in PAIRS:
+        lap = next((b for b in laptop.values() if b.scenario == scenario and a in b.values and c in b.values), None)
+        off = next((b for b in offline.values() if b.scenario == scenario and a in b.values and c in b.values), None)
+        if lap is None or off is None:
+            continue
+        pl = paired({k: v["average_accuracy"] for k, v in lap.values[a].items()},
+                    {k: v["average_accuracy"] for k, v in lap.values[c].items()})
+        po = paired({k: v["average_accuracy"] for k, v in off.values[a].items()},
+                    {k: v["average_accuracy"] for k, v in off.values[c].items()})
+        same = (pl.diff.mean > 0) == (po.diff.mean > 0)
+        clear = pl.diff.ci_low is not None and (pl.diff.ci_low > 0 or pl.diff.ci_high < 0)
+        (kept if same and clear else lost).append((label, pl, a, c))
+    if not kept and not lost:
+        return None
+    m = meta or {}
+    seeds = sorted({s for b in laptop.values() for per in b.values.values() for s in per})
+    parts = [f"{label} = {format_paired(p, a=a, b=c)}" for label, p, a, c in kept + lost]
+    out = (f"On the `laptop` profile (`--profile laptop`: 50 training and 50 test images per class, the offline "
+           f"epochs and learning rates; {_seed_range(seeds)}, each method at its offline selection; "
+           f"{m.get('cpu_count', '?')} CPU cores, {m.get('run_s_min', 0):.0f}–{m.get('run_s_max', 0):.0f} s a run; "
+           f"`{source}`): " + "; ".join(parts) + ".")
+    if kept:
+        out += f" Same sign as the offline track, interval clear of zero: {', '.join(k[0] for k in kept)}."
+    if lost:
+        out += (f" Not resolved at this size (the sign differs from the offline track's or the interval includes "
+                f"zero): {', '.join(k[0] for k in lost)}.")
+    return out
+
+
 # --------------------------------------------------------------------------- the block
 def _seed_range(seeds: list[int]) -> str:
     seeds = sorted(seeds)
@@ -313,7 +360,7 @@ def timing_sentence(timing: dict[str, Any] | None) -> str | None:
 
 
 def render(benches: dict[str, Bench], source: str, defaults: dict[str, Bench] | None = None,
-           timing: dict[str, Any] | None = None) -> str:
+           timing: dict[str, Any] | None = None, laptop: str | None = None) -> str:
     """The README block: one table per benchmark, then the paired differences (and, given ``defaults``,
     the same differences at the methods' reference defaults; given ``timing``, the protocol's wall time)."""
     all_seeds = sorted({s for b in benches.values() for per in b.values.values() for s in per})
@@ -348,6 +395,15 @@ def render(benches: dict[str, Bench], source: str, defaults: dict[str, Bench] | 
     t = timing_sentence(timing)
     if t:
         out += [t, ""]
+    if laptop:
+        lp = Path(laptop)
+        meta = json.loads(lp.read_text())
+        walls = [r["wall_s"] for r in meta.get("runs", [])]
+        meta |= {"run_s_min": min(walls, default=0), "run_s_max": max(walls, default=0)}
+        rel = str(lp.resolve().relative_to(ROOT)) if lp.resolve().is_relative_to(ROOT) else str(lp)
+        lt = laptop_sentence(from_laptop_check(lp), benches, rel, meta)
+        if lt:
+            out += [lt, ""]
     out.append(END)
     return "\n".join(out)
 
@@ -394,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"readme_tables: {e}\nThe README is left alone: its numbers cannot be recomputed without per-seed "
               f"values (run chapter 5's grid and pass --runs runs/<profile>).", file=sys.stderr)
         return 2
-    block = render(benches, source, defaults, timing)
+    laptop = ROOT / "cl_peft_lib" / "records" / "laptop_pairs.json"
+    block = render(benches, source, defaults, timing, str(laptop) if args.bundle and laptop.exists() else None)
     if args.write or args.check:
         path = Path(args.write or args.check)
         text = path.read_text()

@@ -62,3 +62,24 @@ def test_the_appendix_fp16_table_is_the_packaged_run():
     res = json.loads(record_path("bench_h200_fp16.json").read_text())
     assert block == fp16_markdown(res), "regenerate the appendix's fp16 table from cl_peft_lib/records/bench_h200_fp16.json"
     assert all(r.get("amp") == "fp16" for r in res["configs"] if r.get("status") == "ok" and "train_img_s" in r)
+
+
+def test_the_laptop_check_record_is_complete_and_the_profile_cuts_data_only():
+    """``cl_peft_lib/records/laptop_pairs.json`` (scripts/laptop_check.py; the README's laptop sentence is
+    computed from it, tests/test_protocol.py checks the README): both swaps on the same seeds, and the
+    ``laptop`` profile differs from ``offline`` in the amount of data (and batch) only."""
+    import json
+
+    from cl_peft_lib import protocol
+    from cl_peft_lib.profiles import get_profile
+    from cl_peft_lib.records import record_path
+
+    lap = json.loads(record_path("laptop_pairs.json").read_text())
+    assert lap["schema"] == "cl-peft-laptop-check/1" and lap["profile"] == "laptop"
+    seeds = {m: sorted(r["seed"] for r in lap["runs"] if r["method"] == m) for pair in protocol.PAIRS for m in pair}
+    assert len(set(map(tuple, seeds.values()))) == 1 and len(seeds["l2p"]) >= 3, seeds
+    assert all(0 <= r["average_accuracy"] <= 100 and r["wall_s"] > 0 for r in lap["runs"])
+    p, o = get_profile("laptop"), get_profile("offline")
+    assert (p.backbone, p.epochs, p.train_augment, p.val_fraction) == (o.backbone, o.epochs, o.train_augment,
+                                                                       o.val_fraction)
+    assert p.train_per_class < o.train_per_class and p.test_per_class < o.test_per_class

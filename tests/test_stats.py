@@ -259,3 +259,23 @@ def test_accuracy_curves_draw_each_method_in_the_books_colour():
     assert lines["l2p"] == to_hex(METHOD_COLORS["l2p"]) and lines["l2l (rank 1)"] == to_hex(METHOD_COLORS["l2l"])
     assert all(t.get_fontsize() >= 9 for t in ax.get_legend().get_texts())
     assert all(float(x).is_integer() for x in ax.get_xticks())  # whole tasks on the axis
+
+
+def test_the_readme_laptop_sentence_reads_either_way(rt):
+    def benches(d_class, d_domain):
+        out = {}
+        for name, sc, a, c, d in (("offline-cil", "class", "l2l", "l2p", d_class),
+                                  ("offline-dil", "domain", "slora", "sprompts", d_domain)):
+            b = out[name] = rt.Bench(name, sc)
+            for s, noise in enumerate((0.0, 0.3, -0.2)):
+                b.put(c, s, "average_accuracy", 50.0, "t")
+                b.put(a, s, "average_accuracy", 50.0 + d + noise, "t")
+        return out
+    off = benches(10.0, 3.0)
+    both = rt.laptop_sentence(benches(12.0, 2.0), off, "x.json", {"cpu_count": 4})
+    assert "interval clear of zero: L2L − L2P, S-LoRA − S-Prompts." in both and "Not resolved" not in both
+    one = rt.laptop_sentence(benches(12.0, 0.05), off, "x.json")
+    assert "clear of zero: L2L − L2P." in one and "Not resolved at this size" in one and one.endswith("S-LoRA − S-Prompts.")
+    flipped = rt.laptop_sentence(benches(-12.0, 2.0), off, "x.json")
+    assert "zero): L2L − L2P." in flipped
+    assert rt.laptop_sentence(None, off, "x.json") is None
