@@ -83,3 +83,27 @@ def test_the_laptop_check_record_is_complete_and_the_profile_cuts_data_only():
     assert (p.backbone, p.epochs, p.train_augment, p.val_fraction) == (o.backbone, o.epochs, o.train_augment,
                                                                        o.val_fraction)
     assert p.train_per_class < o.train_per_class and p.test_per_class < o.test_per_class
+
+
+def test_chapter_6_starts_from_the_packaged_selections():
+    """Chapter 6's committed (offline, GPU) outputs print the selections its ablations started from; they must be
+    the packaged protocol's, or the chapter was executed on stale selections and needs executing again."""
+    import ast
+    import json
+    import re
+
+    from cl_peft_lib.tuning import options_of
+
+    nb = json.loads((ROOT / "notebooks" / "06_ablations.ipynb").read_text())
+    assert nb["metadata"]["cl_peft_execution"]["profile"] == "offline"
+    text = "".join("".join(o.get("text", "")) for c in nb["cells"] if c["cell_type"] == "code"
+                   for o in c.get("outputs", []) if o.get("output_type") == "stream")
+    printed = {m: (ast.literal_eval(opts), float(val)) for m, opts, val in
+               re.findall(r"^(\w+)\s+(\{.*?\})\s+\(validation A_T ([\d.]+); offline tuning\)", text, re.M)}
+    sel = json.loads(record_path("offline_protocol.json").read_text())["selections"]
+    want = {"l2p": "offline-cil", "l2l": "offline-cil", "sprompts": "offline-dil", "slora": "offline-dil"}
+    assert set(printed) == set(want), printed
+    for m, b in want.items():
+        s = sel[b][m]
+        assert printed[m] == (options_of(s), round(s["selected_val_average_accuracy"], 1)), (
+            f"chapter 6 started {m} from {printed[m]}, the packaged selection is {options_of(s)}: execute it again")
