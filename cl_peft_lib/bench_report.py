@@ -151,14 +151,17 @@ def runs_note(res: dict, bs: int | None = None) -> str:
 
 
 def targets_markdown(res: dict) -> str:
-    """Chapter 7's table of the targets; ``pass`` counts fused/compiled variants too (``pass_any``)."""
+    """Chapter 7's table of the targets; ``pass`` counts fused/compiled variants too (``pass_any``); below it, for
+    each missed training target that a profiler trace covers, the trace's reading (``explained_by_trace``)."""
     lines = ["| target | value | threshold | pass |", "|---|---|---|---|"]
     for t in res.get("targets", []):
         ok = t.get("pass_any", t.get("pass"))
         v = t.get("value")
         lines.append(f"| {t['name']} | {'-' if v is None else f'{v:,.3g}'} | {t['op']} {t['threshold']:,} | "
                      f"{'n/a (CPU)' if ok is None else ('yes' if ok else 'no')} |")
-    return "\n".join(lines)
+    why = [f"- **{t['name']}**, read off the profiler traces: {t['explained_by_trace']}"
+           for t in res.get("targets", []) if t.get("explained_by_trace")]
+    return "\n".join(lines + ([""] + why if why else []))
 
 
 def e2e_lines(res: dict) -> list[str]:
@@ -186,6 +189,7 @@ def fp16_markdown(res: dict) -> str:
                     f"{num('peak_mem_infer_gib', '.2f')} | {r.get('fp16_skipped_steps', '-')} | {num('train_img_s', ',.0f')} |")
     missing = [m for m in s["methods"] if m not in {r["method"] for r in done}]
     note = (f"\n\nNot measured in this run (its time budget ended first): {', '.join(missing)}." if missing else "")
-    return ("\n".join(rows) + f"\n\n{p.get('gpu') or p.get('device')}, {p.get('date')}, autocast "
+    dates = ", ".join(dict.fromkeys(str(r.get("date")) for r in [p, *res.get("provenance_runs", [])]))
+    return ("\n".join(rows) + f"\n\n{p.get('gpu') or p.get('device')}, {dates}, autocast "
             f"{p.get('amp_dtype')}, backbone `{p.get('backbone')}` (random weights), one synthetic task at 224 px."
             + note)

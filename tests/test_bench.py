@@ -249,3 +249,55 @@ def test_append_keeps_earlier_rows_and_takes_ratios_only_within_one_run(bench, o
 
     assert "| linear_probe | 8 | no | " in configs_markdown(res) and "| – | – |" in configs_markdown(res)
     assert runs_note(res).endswith("without references show no ratio: linear_probe.") and runs_note(first) == ""
+
+
+def test_trace_reads_kernel_families_busy_time_and_explains_a_miss(bench):
+    """The profiler-trace reading (benchmarks/clbench/trace.py) on hand-made kernels and a hand-made trace."""
+    from clbench import trace
+
+    assert trace.family("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64") == "matmul"
+    assert trace.family("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits>") == "attention"
+    assert trace.family("cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64") == "attention"
+    assert trace.family("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<float>") == "norm"
+    assert trace.family("void at::native::multi_tensor_apply_kernel<FusedAdamMathFunctor>") == "optimizer"
+    assert trace.family("void at::native::elementwise_kernel<128, 2, direct_copy_kernel_cuda>") == "copy_cast"
+    assert trace.family("void at::native::vectorized_elementwise_kernel<4, GeluCUDAKernelImpl>") == "elementwise"
+    assert trace.family("mystery") == "other"
+    assert trace._busy_us([(0, 10), (5, 12), (20, 25), (21, 22)]) == 17  # overlaps counted once
+    assert trace._busy_us([]) == 0
+
+    def rec(compiled, img_s, busy, mm_ms, step_ms):
+        return {"method": "lora", "batch_size": 256, "status": "ok", "compile": compiled, "img_s": img_s,
+                "gpu_busy_frac": busy, "step_ms": step_ms, "tensor_core_ms": mm_ms,
+                "kernel_share_by_family": {"matmul": 0.7, "attention": 0.1, "elementwise": 0.2},
+                "mfu_if_gpu_never_idle": 0.3, "mfu_if_only_tensor_core": 0.5, "tensor_core_tflops": 400.0,
+                "host_syncs_per_step": {"cudaStreamSynchronize": 2}}
+    miss = {"name": "lora_train_img_s_bs256", "threshold": 5000, "pass": False, "pass_any": False}
+    # the tensor-core kernels alone would make 256 / 40 ms = 6,400 img/s: the time outside them is the miss
+    why = trace.explain(miss, [rec(False, 3000, 0.9, 40.0, 85.0), rec(True, 4000, 0.95, 40.0, 64.0)])
+    assert why.startswith("target 5,000 img/s; eager: 3,000 img/s") and "compiled: 4,000 img/s" in why
+    assert "the tensor-core kernels alone would meet it" in why and "(38% of the best step" in why
+    # tensor-core kernels alone 256 / 60 ms = 4,267 img/s < 5,000: those kernels themselves are the miss
+    assert "even the tensor-core kernels alone are too slow" in trace.explain(miss, [rec(False, 3000, 0.9, 60.0, 85.0)])
+    assert trace.explain(dict(miss, pass_any=True), [rec(False, 3000, 0.9, 40.0, 85.0)]) is None  # met: nothing to explain
+    assert trace.explain(miss, [dict(rec(False, 3000, 0.9, 40.0, 85.0), batch_size=128)]) is None  # no trace at bs 256
+    res = {"targets": [miss, {"name": "l2p_mfu_vs_lora_bs256", "threshold": 0.9, "pass": True}]}
+    assert trace.explain_targets(res, [rec(False, 3000, 0.9, 40.0, 85.0)]) == ["lora_train_img_s_bs256"]
+    assert "explained_by_trace" in res["targets"][0] and "explained_by_trace" not in res["targets"][1]
+
+
+def test_trace_runs_through_the_benchmark_and_keeps_the_configs(bench, one_thread, tmp_path):
+    """``--trace`` on the CPU: a trace record per method next to the untouched configs (a CPU trace has no
+    kernels, so it explains nothing); an unknown method is refused by the command line before anything runs."""
+    s = _settings(bench, ["lora"], one_thread)
+    s.trace, s.trace_steps = ["lora"], 1
+    res = bench.run_benchmark(s, str(tmp_path / "b.json"), log=lambda _: None)
+    (t,) = res["traces"]
+    assert t["status"] == "ok" and t["method"] == "lora" and t["batch_size"] == 8 and t["step_ms"] > 0
+    assert t["flops_train_step"] > 0 and t["host_syncs_per_step"]["aten::_local_scalar_dense"] >= 1
+    assert t["gpu_busy_frac"] == 0 and t["mfu_if_only_tensor_core"] is None  # no CUDA kernels on a CPU
+    assert [c["name"] for c in res["configs"] if c["status"] == "ok"] == ["ref_full_ft", "ref_peft_lora", "lora"]
+    assert not any("explained_by_trace" in x for x in res["targets"])
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--mode", "cpu", "--trace", "nosuch"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--trace: unknown method(s) nosuch" in r.stderr

@@ -185,3 +185,23 @@ def test_smoke_run_learns_above_chance(kind):
 def test_resume_after_kill_gives_identical_matrix(tmp_path):
     """The checkpoint holds the designed A's, the trained B's (re-merged on load) and the memory."""
     assert_resume_identical("inflora", {**OPTIONS, "epochs": 1}, tmp_path)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_recorded_covariance_is_float32_under_autocast(dtype):
+    """The inputs' ``sum x x^T`` is accumulated in float32 under mixed precision too: under fp16 autocast (the T4
+    path, ``CL_PEFT_AMP=fp16``) a half-precision sum overflowed to inf and the SVD of the memory update never
+    returned on the GPU (the fp16 benchmark of InfLoRA hung). Inputs of size ~100 make an fp16 sum overflow."""
+    m = InfLoRA(create_backbone("test_vit_micro"), "class", C, 3, CFG).eval()
+    m.begin_task(0, [0, 1])
+    br = next(iter(m.branches.values()))
+    x = 100 * torch.randn(4, 17, D, generator=torch.Generator().manual_seed(0))
+    br.recording = True
+    with torch.autocast("cpu", dtype=dtype):
+        br._hook(br._qkv[0], (x,), torch.zeros(4, 17, 3 * D))
+    br.recording = False
+    cov = br.take_covariance()
+    xf = x.reshape(-1, D).double()
+    ref = xf.T @ xf / len(xf)
+    assert torch.isfinite(cov).all()
+    assert torch.allclose(cov, ref, rtol=1e-5, atol=1e-4 * ref.abs().max().item())

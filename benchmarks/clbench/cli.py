@@ -55,6 +55,10 @@ def parse_args(argv=None) -> tuple[Settings | None, argparse.Namespace]:
     ap.add_argument("--e2e-test", type=int, default=10_000, help="test images (all tasks)")
     ap.add_argument("--e2e-classes", type=int, default=100, help="classes (Split CIFAR-100: 100)")
     ap.add_argument("--e2e-batch", type=int, default=128, help="training batch (0: each method's own default)")
+    ap.add_argument("--trace", default="", help="profiler traces of these methods' training step at the largest batch "
+                    "size (eager, and compiled with --compile), stored under 'traces' and read into the missed "
+                    "training targets (e.g. finetune,lora; with --skip-micro --append: traces only)")
+    ap.add_argument("--trace-steps", type=int, default=8, help="profiled steps per trace")
     a = ap.parse_args(argv)
     if a.show:
         return None, a
@@ -83,6 +87,10 @@ def parse_args(argv=None) -> tuple[Settings | None, argparse.Namespace]:
     if a.infer_all_tasks is not None:
         s.infer_all_tasks = a.infer_all_tasks
     s.skip_micro = a.skip_micro
+    s.trace, s.trace_steps = parse_list(a.trace), a.trace_steps
+    unknown = [n for n in s.trace if n not in METHODS]
+    if unknown:
+        ap.error(f"--trace: unknown method(s) {', '.join(unknown)}; valid: {', '.join(sorted(METHODS))}")
     s.e2e = parse_list(a.e2e)
     s.e2e_epochs, s.e2e_tasks, s.e2e_train, s.e2e_test, s.e2e_batch, s.e2e_classes = (
         a.e2e_epochs, a.e2e_tasks, a.e2e_train, a.e2e_test, a.e2e_batch, a.e2e_classes)

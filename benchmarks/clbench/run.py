@@ -13,7 +13,7 @@ from typing import Callable
 from cl_peft_lib.bench_report import format_table
 from cl_peft_lib.methods import METHODS
 
-from . import e2e, micro, references
+from . import e2e, micro, references, trace
 from .core import Bench
 from .settings import REFERENCES, Settings
 from .targets import compute_targets
@@ -120,6 +120,33 @@ def finish_micro(b: Bench) -> None:
     b.save()
 
 
+def run_traces(b: Bench) -> None:
+    """Profiler traces (:mod:`.trace`) of ``settings.trace`` at the largest batch size, eager (and compiled with
+    ``--compile``), into ``results["traces"]`` (replacing earlier traces of the same method, batch and mode)."""
+    s = b.s
+    if not (b.results.get("ceiling") or {}).get("tflops"):
+        b.ceiling()
+    bs = max(s.batch_sizes)
+    for n in s.trace:
+        for compiled in ([False, True] if s.compile else [False]):
+            t0 = time.perf_counter()
+            try:
+                rec = trace.trace_method(b, n, bs, steps=s.trace_steps, compiled=compiled)
+                b.log(f"[trace] {rec['name']} bs={bs}: {rec['img_s']:,.0f} img/s, GPU busy "
+                      f"{100 * rec['gpu_busy_frac']:.0f}%, kernel time {rec['kernel_share_by_family']}, MFU {rec['mfu']} "
+                      f"(never idle {rec['mfu_if_gpu_never_idle']}, tensor-core kernels only "
+                      f"{rec['mfu_if_only_tensor_core']})")
+            except Exception as e:  # noqa: BLE001 - one failing trace must not lose the others
+                rec = {"name": n + ("+compile" if compiled else ""), "method": n, "batch_size": bs, "compile": compiled,
+                       "status": "error", "error": f"{type(e).__name__}: {e}"}
+                b.log(f"[error] trace {n}: {rec['error'][:300]}")
+            b.free()
+            rec.update(run=b.run_index, wall_s=round(time.perf_counter() - t0, 2))
+            b.results["traces"] = [t for t in b.results.get("traces", []) if (t["method"], t["batch_size"],
+                                   bool(t["compile"])) != (n, bs, compiled)] + [rec]
+            b.save()
+
+
 def run_benchmark(settings: Settings, out: str | None = None, log: Callable[[str], None] | None = None,
                   append_to: dict | None = None) -> dict:
     """The core: run the micro-benchmarks (unless ``skip_micro``) and the requested e2e runs; return the results.
@@ -154,10 +181,14 @@ def run_benchmark(settings: Settings, out: str | None = None, log: Callable[[str
                 b.log(format_table(b.results))
         if settings.e2e:
             e2e.run_e2e(b)
+        if settings.trace:
+            run_traces(b)
         bs = max(settings.batch_sizes) if settings.batch_sizes else None
         if b.results.get("configs"):
             bs = max(c["batch_size"] for c in b.results["configs"])
         b.results["targets"] = compute_targets(b.results.get("configs", []), bs, b.results.get("e2e", []), settings.mode)
+        if b.results.get("traces"):  # each missed training target read off the profiler traces
+            trace.explain_targets(b.results, b.results["traces"])
         b.results["status"] = "complete"
     finally:
         b.results["wall_s"] = round(b.elapsed(), 1)

@@ -59,6 +59,8 @@ class Settings:
     e2e_batch: int = 128
     skip_micro: bool = False
     compile_only: bool = False
+    trace: list[str] = field(default_factory=list)
+    trace_steps: int = 8
     stat: str = "median"
     notes: list[str] = field(default_factory=list)
 

@@ -151,7 +151,8 @@ class InfLoRABranches(nn.Module):
         x = inputs[0]
         if self.recording:
             xf = x.detach().float().reshape(-1, self.dim)
-            xx = xf.T @ xf
+            with torch.autocast(x.device.type, enabled=False):  # float32 (as the official code): under fp16
+                xx = xf.T @ xf                                   # autocast the sum overflows to inf
             self._xx = xx if self._xx is None else self._xx + xx
             self._n += len(xf)
         if self.active is None:
