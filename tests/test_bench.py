@@ -222,8 +222,14 @@ def test_chapter_tables_come_from_the_report():
     assert rows[0].startswith(f"| {c['name']} | {c['batch_size']} | no | {c['train_img_s']:,.0f} | "
                               f"{c['train_ratio_ref_full_ft']:.2f} |")
     assert len(configs_markdown(res, bs=128).splitlines()) - 2 == sum(c["batch_size"] == 128 for c in ok)
-    t = targets_markdown(res).splitlines()[2:]
+    t = [r for r in targets_markdown(res).splitlines()[2:] if r.startswith("| ")]
     assert [r.split(" | ")[0][2:] for r in t] == [x["name"] for x in res["targets"]]
+    why = [r for r in targets_markdown(res).splitlines() if r.startswith("- **")]
+    assert why == [f"- **{x['name']}**, read off the profiler traces: {x['explained_by_trace']}"
+                   for x in res["targets"] if x.get("explained_by_trace")]
+    assert {x["name"] for x in res["targets"] if x.get("explained_by_trace")} == {
+        x["name"] for x in res["targets"] if x["name"].split("_img_s")[0] in ("finetune", "lora")
+        and x["pass_any"] is False}, "a missed training target of the H200 file has no trace reading"
     assert len(e2e_lines(res)) == len(res["e2e"]) and all(x.startswith("end-to-end ") for x in e2e_lines(res))
 
 
