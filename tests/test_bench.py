@@ -228,7 +228,7 @@ def test_chapter_tables_come_from_the_report():
     assert why == [f"- **{x['name']}**, read off the profiler traces: {x['explained_by_trace']}"
                    for x in res["targets"] if x.get("explained_by_trace")]
     assert {x["name"] for x in res["targets"] if x.get("explained_by_trace")} == {
-        x["name"] for x in res["targets"] if x["name"].split("_img_s")[0] in ("finetune", "lora")
+        x["name"] for x in res["targets"] if x["name"].split("_train_img_s")[0] in ("finetune", "lora")
         and x["pass_any"] is False}, "a missed training target of the H200 file has no trace reading"
     assert len(e2e_lines(res)) == len(res["e2e"]) and all(x.startswith("end-to-end ") for x in e2e_lines(res))
 
