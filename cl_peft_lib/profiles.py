@@ -19,7 +19,7 @@ class Profile:
     """Everything that differs between tracks.
 
     Attributes:
-        name: ``smoke``, ``offline``, ``laptop`` or ``paper``.
+        name: ``smoke``, ``offline``, ``laptop``, ``colab`` or ``paper``.
         backbone: key of :data:`cl_peft_lib.backbones.BACKBONES`.
         train_per_class: training images kept per class (None keeps all).
         test_per_class: test images kept per class (None keeps all).
@@ -112,6 +112,12 @@ PROFILES: dict[str, Profile] = {
     # and S-LoRA in21k fine-tuned on in1k (see cl_peft_lib.backbones); augreg_in21k for the others.
     # Augmentation: l2p-pytorch datasets.py build_transform (commit 62c1dae):
     # RandomResizedCrop(scale=(0.05, 1.0), ratio=(3/4, 4/3)) + RandomHorizontalFlip(0.5).
+    # A free Colab T4 (issue 16): the paper's backbones, data and reference defaults, cut so that every training
+    # chapter's estimated T4 time is at most 20 min and its peak memory at most 13 GiB (cl_peft_lib.colab:
+    # estimated from the measured fp16 H200 benchmark; the appendix tabulates it). Chapter 5 loads there.
+    "colab": Profile("colab", "vit_base_patch16_224.augreg_in21k", train_per_class=80, test_per_class=10, epochs=1,
+                     batch_size=128, eval_batch_size=256, num_workers=2, cil_tasks=10, train_augment="crop_flip",
+                     augment_scale=(0.05, 1.0), reference_defaults=True),
     "paper": Profile("paper", "vit_base_patch16_224.augreg_in21k", eval_batch_size=256, num_workers=4, cil_tasks=10,
                      train_augment="crop_flip", augment_scale=(0.05, 1.0), reference_defaults=True),
 }

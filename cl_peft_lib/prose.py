@@ -25,6 +25,8 @@ TRACKS = {
     "offline": "offline (registry data sets, the project's distilled 28-px ViT)",
     "laptop": "laptop (the offline track cut to 50 images per class, for a CPU)",
     "paper": "paper (the paper's data sets, ViT-B/16 pretrained on ImageNet-21k)",
+    "colab": ("colab (the paper's data sets and backbones, cut for a free T4; the appendix's 'A free Colab T4' "
+              "estimates each chapter's time there)"),
 }
 
 

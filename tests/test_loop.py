@@ -122,7 +122,7 @@ def test_unknown_option_lists_valid(real_cil):
 @pytest.mark.parametrize("args,needle", [
     (["--method", "nope", "--benchmark", "offline-cil"], "finetune, inflora, joint, l2l, l2p, linear_probe, lora"),
     (["--method", "ncm", "--benchmark", "nope"], "valid: offline-cil"),
-    (["--method", "ncm", "--benchmark", "offline-cil", "--profile", "nope"], "valid: smoke, offline, laptop, paper"),
+    (["--method", "ncm", "--benchmark", "offline-cil", "--profile", "nope"], "valid: smoke, offline, laptop, colab, paper"),
     (["--method", "ncm", "--benchmark", "offline-cil", "--backbone", "nope"], "valid:"),
 ])
 def test_cli_bad_names(args, needle, capsys, tmp_path):

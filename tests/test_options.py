@@ -287,7 +287,7 @@ RUN = ["run", "--method", "l2p", "--benchmark", "offline-cil", "--profile", "smo
     (["--device", "gpu"], "device 'gpu' is not a device; use auto, cpu, cuda or cuda:N"),
     (["--device", "cuda"], "CUDA is not available"),
     (["--device", "cuda:3"], "CUDA is not available"),
-    (["--profile", "nope"], "valid: smoke, offline, laptop, paper"),
+    (["--profile", "nope"], "valid: smoke, offline, laptop, colab, paper"),
 ])
 def test_cli_run_refuses_before_loading_data(extra, needle, no_data, no_cuda, capsys, tmp_path):
     _refused(capsys, RUN + ["--device", "cpu", "--out", str(tmp_path / "o")] + extra, needle)

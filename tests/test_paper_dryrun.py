@@ -70,3 +70,27 @@ def test_every_method_and_paper_benchmark_is_covered():
 
     assert {m for c in CASES for m in c[3]} == set(METHODS)
     assert {c[0] for c in CASES} == {b for b in BENCHMARKS if not b.startswith("offline-")}
+
+
+@pytest.mark.parametrize("bench, fabricate, tasks, method", [(CASES[0][0], CASES[0][1], 10, "l2p"),
+                                                             (CASES[3][0], CASES[3][1], 8, "sprompts")],
+                         ids=["split-cifar100", "core50"])
+def test_colab_profile_runs_end_to_end(bench, fabricate, tasks, method, tmp_path, monkeypatch, capsys):
+    """The ``colab`` profile (the paper track cut for a T4) through the same loaders: its cut per class, one epoch
+    and batch 128 reach the run's config and its data."""
+    from dataclasses import replace
+
+    from cl_peft_lib.profiles import PROFILES
+
+    monkeypatch.setitem(PROFILES, "colab", replace(PROFILES["colab"], num_workers=0))
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    data.mkdir()
+    fabricate(data)
+    monkeypatch.setenv("CL_PEFT_DATA", str(data))
+    rc = main(["run", "--method", method, "--benchmark", bench, "--profile", "colab", "--backbone", "test_vit_micro",
+               "--device", "cpu", "--root", str(runs), "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    (f,) = runs.glob(f"colab/{bench}/*/seed0/results.json")
+    res = json.loads(f.read_text())
+    assert res["status"] == "complete" and len(res["accuracy_matrix"]) == tasks
+    assert res["config"]["epochs"] == 1 and res["config"]["batch_size"] == 128
