@@ -17,7 +17,9 @@ A run's H200 time is counted image by image through the loop (:meth:`cl_peft_lib
 epoch's training images (the union of tasks so far for cumulative methods) at the method's training rate,
 the passes over a task's training data that ``begin_task``/``end_task`` make (prototypes, k-means, subspace
 memories) and every evaluation after each task plus the final validation pass at its ``predict`` rate.
-Peak memory is the method's measured peak of the training step (fp16, batch 128).
+Peak memory is the method's measured peak of the training step (fp16, batch 128). A GPU check
+(``scripts/colab_check.py``: chapter 1's and 3's runs on the profile, through the real CIFAR-100 loader)
+measures what the loop spends beyond this count; the table's H200 seconds are scaled by its median ratio.
 
 The chapters' runs (:data:`CHAPTER_RUNS`) are the chapters' own lists under the paper track (a test reads
 them back from the notebooks' code); chapter 5's are the protocol's (:mod:`cl_peft_lib.protocol`).
@@ -130,6 +132,22 @@ def t4_factor(fp16: dict) -> tuple[float, float]:
     return max(ceiling / T4_FP16_TFLOPS, BANDWIDTH_RATIO), ceiling
 
 
+def loop_overhead(check: dict | None = None) -> float:
+    """The median ratio of measured to estimated H200 time over the GPU check's runs
+    (``cl_peft_lib/records/colab_check.json``, ``scripts/colab_check.py``): what the loop spends beyond the
+    benchmark's steps (data preparation, small last batches, evaluation bookkeeping). 1.0 without a check."""
+    import statistics
+
+    from .records import record_path
+
+    if check is None:
+        try:
+            check = json.loads(record_path("colab_check.json").read_text())
+        except FileNotFoundError:
+            return 1.0
+    return float(statistics.median(r["measured_s"] / r["estimated_s"] for r in check["runs"]))
+
+
 def _rates(fp16: dict) -> dict[str, dict[str, Any]]:
     return {c["method"]: c for c in fp16["configs"] if c.get("status") == "ok"}
 
@@ -172,13 +190,14 @@ def chapter_estimates(profile: str = "colab", fp16: dict | None = None) -> list[
     fp16 = fp16 or json.loads(record_path("bench_h200_fp16.json").read_text())
     prof = get_profile(profile)
     factor, _ = t4_factor(fp16)
+    overhead = loop_overhead()
     rates = _rates(fp16)
     chapters = chapter_runs(profile)
     chapters["05_head_to_head"] = protocol_runs("paper")
     out = []
     for ch in sorted(chapters):
         runs = chapters[ch]
-        h200 = sum(run_h200_seconds(r, prof, fp16) * r.seeds for r in runs)
+        h200 = sum(run_h200_seconds(r, prof, fp16) * r.seeds for r in runs) * overhead
         peak = max((rates[r.method].get("peak_mem_train_gib") or rates[r.method].get("peak_mem_infer_gib") or 0)
                    for r in runs)
         t4_min = h200 * factor / 60
@@ -206,4 +225,18 @@ def markdown_table(profile: str = "colab", fp16: dict | None = None) -> str:
             f"(fp16, batch 128, 224 px). T4 factor {factor:.1f}: the larger of the compute ratio "
             f"{ceiling / T4_FP16_TFLOPS:.1f} (H200 fp16 ceiling {ceiling:.0f} TFLOP/s, measured, over the T4's "
             f"{T4_FP16_TFLOPS:.0f}, datasheet) and the datasheets' bandwidth ratio {BANDWIDTH_RATIO:.1f}. "
-            "Chapters 7 and 8 train nothing.")
+            + check_sentence() + " Chapters 7 and 8 train nothing.")
+
+
+def check_sentence(check: dict | None = None) -> str:
+    """How the GPU check's measured runs compare with the estimate (the table's H200 seconds include the
+    median ratio, :func:`loop_overhead`)."""
+    from .records import record_path
+
+    check = check or json.loads(record_path("colab_check.json").read_text())
+    ratios = [r["measured_s"] / r["estimated_s"] for r in check["runs"]]
+    p = check["provenance"]
+    return (f"Checked on {p['device']} ({p['date']}, `scripts/colab_check.py`): {len(ratios)} runs of chapters 1 and 3 "
+            f"on the colab profile took {min(ratios):.2f}-{max(ratios):.2f}x the benchmark-based estimate (median "
+            f"{loop_overhead(check):.2f}, by which the H200 column is scaled); their peak memory was "
+            f"{max(r['peak_gib'] for r in check['runs']):.1f} GiB.")

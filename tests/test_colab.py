@@ -87,3 +87,20 @@ def test_chapter_runs_are_the_notebooks_lists():
     out = "".join("".join(o.get("text", "")) for c in nb6["cells"] for o in c.get("outputs", []))
     n = int(re.search(r"(\d+) runs: \d+ matched-budget", out).group(1))
     assert sum(r.seeds for r in runs["06_ablations"]) == n
+
+
+def test_loop_overhead_and_check_sentence_come_from_the_check_record():
+    check = {"provenance": {"device": "GPU X", "date": "today"},
+             "runs": [{"measured_s": m, "estimated_s": 10.0, "peak_gib": g} for m, g in ((11, 9.0), (16, 9.5), (12, 6.0))]}
+    assert colab.loop_overhead(check) == pytest.approx(1.2)
+    s = colab.check_sentence(check)
+    assert "3 runs of chapters 1 and 3" in s and "1.10-1.60x" in s and "median 1.20" in s and "9.5 GiB" in s
+    packaged = json.loads((ROOT / "cl_peft_lib" / "records" / "colab_check.json").read_text())
+    assert packaged["profile"] == "colab" and len(packaged["runs"]) == 9
+    assert all(r["estimated_s"] == pytest.approx(colab.run_h200_seconds(colab.Run(r["method"], "split-cifar100"),
+                                                                        get_profile("colab"), _packaged_fp16()), abs=0.01)
+               for r in packaged["runs"]), "the check was made at another profile: run scripts/colab_check.py again"
+
+
+def _packaged_fp16():
+    return json.loads((ROOT / "cl_peft_lib" / "records" / "bench_h200_fp16.json").read_text())
