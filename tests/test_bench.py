@@ -130,6 +130,10 @@ def test_targets_logic_gpu_mode(bench):
     s = t["slora_merged_infer_vs_plain_vit_bs256"]
     assert s["pass"] is False and s["adapted_pass_merged_ratio"] == pytest.approx(0.975)
     assert t["e2e_l2p_wall_s"]["pass"] is True and t["e2e_l2p_wall_s"]["op"] == "<="
+    # two-pass limit: half the plain ViT's 8,000 img/s; S-LoRA merged 4,000 = 1.0 of it, L2P measured nothing
+    two = t["slora_infer_vs_two_pass_limit_bs256"]
+    assert two["value"] == pytest.approx(1.0) and two["pass"] is True and two["limit_img_s"] == 4000.0
+    assert t["l2p_infer_vs_two_pass_limit_bs256"]["pass"] is None
     cpu = bench.compute_targets(cfgs, 256, e2e, "cpu")
     assert all(x["pass"] is None and x["applies"] is False for x in cpu)
     res = {"mode": "gpu", "schema": bench.SCHEMA, "configs": cfgs, "targets": list(t.values()), "e2e": e2e,

@@ -74,6 +74,16 @@ def _targets(cfgs: list[dict], bs: int | None, e2e: list[dict]) -> list[dict]:
                      "see adapted_pass_merged_ratio for the routed pass alone")
         out.append(_target(f"{n}_merged_infer_vs_plain_vit_bs{bs}", (v / pv) if (v and pv) else None, 0.97, note,
                            **extra))
+    # Issue 16: the two-pass predictors (a frozen query pass, then the adapted pass) against their limit, half the
+    # plain ViT's throughput: >= 0.95 of it (S-LoRA with merged weights, its fastest predict).
+    for n, key in (("l2p", "inference_mode"), ("l2l", "inference_mode"), ("sprompts", "inference_mode"),
+                   ("slora", "merged_inference_mode")):
+        c = _find(cfgs, n, bs)
+        v = (c or {}).get("infer_img_s", {}).get(key)
+        out.append(_target(f"{n}_infer_vs_two_pass_limit_bs{bs}", (v / (pv / 2)) if (v and pv) else None, 0.95,
+                           "two-pass predict >= 0.95 of its limit, half the plain ViT's img/s"
+                           + (" (merged weights)" if key.startswith("merged") else ""), infer_img_s=v,
+                           limit_img_s=(pv / 2) if pv else None))
     for e in e2e:
         if e.get("status") == "complete":
             out.append(_target(f"e2e_{e['method']}_wall_s", e.get("wall_s"), 180.0,
