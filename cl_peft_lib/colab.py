@@ -240,3 +240,15 @@ def check_sentence(check: dict | None = None) -> str:
             f"on the colab profile took {min(ratios):.2f}-{max(ratios):.2f}x the benchmark-based estimate (median "
             f"{loop_overhead(check):.2f}, by which the H200 column is scaled); their peak memory was "
             f"{max(r['peak_gib'] for r in check['runs']):.1f} GiB.")
+
+
+def chapter_line(chapter: str, profile: str = "colab") -> str:
+    """The sentence a chapter's banner prints under ``profile``: its estimated T4 time and peak memory
+    (``""`` for a chapter that trains nothing)."""
+    est = {e["chapter"]: e for e in chapter_estimates(profile)}.get(chapter)
+    if est is None:
+        return ""
+    fits = "within" if est["meets"] else "over"
+    return (f"Estimated on a free Colab T4: {est['t4_min']:.0f} min for its {est['runs']} runs, peak GPU memory "
+            f"{est['peak_gib']:.1f} GiB ({fits} the {CHAPTER_MINUTES:.0f}-minute, {PEAK_GIB:.0f}-GiB target; a lower "
+            "bound, from measured H200 runs: the appendix's 'A free Colab T4').")

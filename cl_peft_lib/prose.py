@@ -63,18 +63,26 @@ def glue_all(values: Mapping[str, Any]) -> None:
         glue(k, v)
 
 
-def banner_text(profile: str, backbone: str, data: str, device: str, extra: str | None = None) -> str:
+def banner_text(profile: str, backbone: str, data: str, device: str, extra: str | None = None,
+                chapter: str | None = None) -> str:
     """The chapter's opening line as MyST Markdown: which track made these outputs, with which backbone,
-    data and device (a note box)."""
+    data and device (a note box); under the ``colab`` profile also the ``chapter``'s estimated T4 time
+    (:func:`cl_peft_lib.colab.chapter_line`)."""
     track = TRACKS.get(profile, profile)
     body = (f"**Outputs on this page:** track **{track}** · backbone `{backbone}` · data {data} · "
             f"device {device}.")
     if extra:
         body += " " + extra
+    if chapter and profile == "colab":
+        from .colab import chapter_line
+
+        line = chapter_line(chapter)
+        body += (" " + line) if line else ""
     return f"```{{note}}\n{body}\n```"
 
 
-def banner(profile: str, backbone: str, data: str, device: Any, extra: str | None = None) -> None:
+def banner(profile: str, backbone: str, data: str, device: Any, extra: str | None = None,
+           chapter: str | None = None) -> None:
     """Display :func:`banner_text` (for a ``remove-input`` cell at the top of a chapter)."""
     from IPython.display import Markdown, display
 
@@ -86,7 +94,7 @@ def banner(profile: str, backbone: str, data: str, device: Any, extra: str | Non
             dev = torch.cuda.get_device_name(0)
         except Exception:  # noqa: BLE001 - the banner names what it can
             pass
-    display(Markdown(banner_text(profile, backbone, data, str(dev), extra)))
+    display(Markdown(banner_text(profile, backbone, data, str(dev), extra, chapter)))
 
 
 def takeaway_text(points: list[str] | str, title: str = "Takeaway") -> str:

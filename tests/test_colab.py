@@ -104,3 +104,16 @@ def test_loop_overhead_and_check_sentence_come_from_the_check_record():
 
 def _packaged_fp16():
     return json.loads((ROOT / "cl_peft_lib" / "records" / "bench_h200_fp16.json").read_text())
+
+
+def test_the_banner_prints_the_chapters_estimate_under_colab_only():
+    from cl_peft_lib.prose import banner_text
+
+    est = {e["chapter"]: e for e in colab.chapter_estimates("colab")}
+    text = banner_text("colab", "vit", "`split-cifar100`", "Tesla T4", chapter="01_continual_learning")
+    assert f"Estimated on a free Colab T4: {est['01_continual_learning']['t4_min']:.0f} min" in text and "within" in text
+    assert "over the 20-minute" in banner_text("colab", "vit", "d", "T4", chapter="06_ablations")
+    assert "Colab T4: " not in banner_text("offline", "vit", "d", "cpu", chapter="01_continual_learning")
+    assert colab.chapter_line("07_efficiency") == ""
+    for ch in colab.CHAPTER_RUNS:  # each training chapter asks for its own line
+        assert f'chapter="{ch}")' in _code(ch), ch
