@@ -128,3 +128,18 @@ def test_reexecuted_chapters_leave_the_awaiting_list():
                    .get("mpl_backend") == INLINE_BACKEND)
     assert not stale, f"re-executed with the inline backend, remove from AWAITING_GPU_FIGURES: {stale}"
     assert AWAITING_GPU_FIGURES <= {p.stem for p in NOTEBOOKS}, "AWAITING_GPU_FIGURES names a missing chapter"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_stray_string_repr_in_outputs(path):
+    """A cell whose last expression returns a string (e.g. a bare ``glue(...)``, which returns its value) prints
+    the string's repr on the page; glue calls end in ``_ = glue(...)``."""
+    nb = json.loads(path.read_text())
+    for i, c in enumerate(nb["cells"]):
+        for o in c.get("outputs", []):
+            text = "".join(o.get("data", {}).get("text/plain", "")) if o.get("output_type") == "execute_result" else ""
+            assert not (set(o.get("data", {})) == {"text/plain"} and text[:1] in "'\"" and text), (
+                f"{path.name} cell {i} shows a string repr: {text[:80]}")
+        src = "".join(c["source"]) if c["cell_type"] == "code" else ""
+        last = [ln for ln in src.rstrip().splitlines() if ln and not ln.startswith((" ", "\t", ")", "#"))]
+        assert not (last and re.match(r"(prose\.)?glue\(", last[-1])), f"{path.name} cell {i}: end with `_ = glue(...)`"
