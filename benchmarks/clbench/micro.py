@@ -83,6 +83,18 @@ def fp16_skipped_steps(scaler: torch.amp.GradScaler) -> int:
     return int(round(math.log2(init / scaler.get_scale())))
 
 
+def train_step_flops(m, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                     dev: torch.device) -> tuple[int, dict[str, int]]:
+    """FLOPs of one training step of ``m`` (``observe`` under autocast, then backward) and their count per op;
+    the gradients are cleared again, so the step leaves nothing behind."""
+    with flop_counter() as fc:
+        with autocast(dev):
+            loss, _ = m.observe(x, y)
+        scaler.scale(loss).backward()
+    opt.zero_grad(set_to_none=True)
+    return flop_summary(fc)
+
+
 def bench_method(b: Bench, name: str, bs: int, compiled: bool = False, fused: bool = False) -> dict:
     """Build ``name`` through the loop, time its training step and ``predict``; see the module docstring."""
     s = b.s
@@ -106,12 +118,7 @@ def bench_method(b: Bench, name: str, bs: int, compiled: bool = False, fused: bo
         g0 = opt.param_groups[0]
         rec["optimizer"] = f"{type(opt).__name__}(" + ", ".join(f"{k}={g0.get(k)}" for k in ("lr", "foreach", "fused")) + ")"
         m.train()
-        with flop_counter() as fc:
-            with autocast(dev):
-                loss, _ = m.observe(x, y)
-            scaler.scale(loss).backward()
-        opt.zero_grad(set_to_none=True)
-        flops, by_op = flop_summary(fc)
+        flops, by_op = train_step_flops(m, x, y, opt, scaler, dev)
         rec["vit_passes_train_step"] = vit_passes(by_op, b.base, bs)
         if compiled:
             rec["compiled_blocks"] = compile_blocks(m)

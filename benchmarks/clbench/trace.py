@@ -22,11 +22,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cl_peft_lib import loop as _loop
-from cl_peft_lib.utils import autocast
 
-from .flops import flop_counter, flop_summary
 from .measure import sync
-from .micro import build_runner, training_state
+from .micro import build_runner, train_step_flops, training_state
 from .variants import compile_blocks
 
 if TYPE_CHECKING:
@@ -89,12 +87,7 @@ def trace_method(b: Bench, name: str, bs: int, steps: int = 8, warmup: int = 6, 
         raise ValueError(f"{name} has no training step to trace")
     opt, sched, scaler, params = state
     m.train()
-    with flop_counter() as fc:
-        with autocast(dev):
-            loss, _ = m.observe(x, y)
-        scaler.scale(loss).backward()
-    opt.zero_grad(set_to_none=True)
-    flops, _ = flop_summary(fc)
+    flops, _ = train_step_flops(m, x, y, opt, scaler, dev)
     rec: dict[str, Any] = {"name": name + ("+compile" if compiled else ""), "method": name, "batch_size": bs,
                            "compile": compiled, "flops_train_step": flops}
     if compiled:
