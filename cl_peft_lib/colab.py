@@ -30,17 +30,16 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .profiles import Profile, get_profile
 
-#: NVIDIA T4 datasheet: 65 TFLOP/s mixed-precision (fp16) tensor peak; Colab shows 15 GiB of its 16 GB.
+#: NVIDIA T4 datasheet: 65 TFLOP/s mixed-precision (fp16) tensor peak.
 T4_FP16_TFLOPS = 65.0
 #: H200 / T4 memory bandwidth, datasheets: 4.8 TB/s / 320 GB/s.
 BANDWIDTH_RATIO = 4800 / 320
-T4_MEMORY_GIB = 15.0
-#: The targets of issue 16: a chapter in 20 min on a T4, at most 13 GiB of GPU memory.
+#: The targets of issue 16: a chapter in 20 min on a T4, at most 13 GiB of GPU memory (Colab shows 15 GiB of its 16 GB).
 CHAPTER_MINUTES = 20.0
 PEAK_GIB = 13.0
 
@@ -138,14 +137,18 @@ def loop_overhead(check: dict | None = None) -> float:
     benchmark's steps (data preparation, small last batches, evaluation bookkeeping). 1.0 without a check."""
     import statistics
 
-    from .records import record_path
-
     if check is None:
         try:
-            check = json.loads(record_path("colab_check.json").read_text())
+            check = _record("colab_check.json")
         except FileNotFoundError:
             return 1.0
     return float(statistics.median(r["measured_s"] / r["estimated_s"] for r in check["runs"]))
+
+
+def _record(name: str) -> dict:
+    from .records import record_path
+
+    return json.loads(record_path(name).read_text())
 
 
 def _rates(fp16: dict) -> dict[str, dict[str, Any]]:
@@ -166,11 +169,12 @@ def _epochs(run: Run, prof: Profile) -> int:
 def run_h200_seconds(run: Run, prof: Profile, fp16: dict) -> float:
     """H200 seconds of one seed of ``run`` under ``prof`` (module docstring: image by image through the loop)."""
     from .methods import get_method_class
+    from .protocol import DOMAIN_BENCHMARKS
 
     sh, r = SHAPES[run.benchmark], _rates(fp16)[run.method]
     n_tr = min(prof.train_per_class or math.inf, sh.train_per_class)
     n_te = min(prof.test_per_class or math.inf, sh.test_per_class)
-    per_task = sh.classes / sh.tasks if run.benchmark not in ("core50", "domainnet") else sh.classes
+    per_task = sh.classes if run.benchmark in DOMAIN_BENCHMARKS else sh.classes / sh.tasks  # (a domain: all classes)
     train = n_tr * per_task * (1 - prof.val_fraction)
     val = n_tr * per_task * prof.val_fraction
     test = n_te * (sh.classes if sh.shared_test else per_task)
@@ -185,9 +189,7 @@ def run_h200_seconds(run: Run, prof: Profile, fp16: dict) -> float:
 def chapter_estimates(profile: str = "colab", fp16: dict | None = None) -> list[dict[str, Any]]:
     """Per training chapter (and chapter 5's protocol): runs, estimated T4 minutes, peak GiB, and whether it
     meets the targets (:data:`CHAPTER_MINUTES`, :data:`PEAK_GIB`)."""
-    from .records import record_path
-
-    fp16 = fp16 or json.loads(record_path("bench_h200_fp16.json").read_text())
+    fp16 = fp16 or _record("bench_h200_fp16.json")
     prof = get_profile(profile)
     factor, _ = t4_factor(fp16)
     overhead = loop_overhead()
@@ -209,9 +211,7 @@ def chapter_estimates(profile: str = "colab", fp16: dict | None = None) -> list[
 
 def markdown_table(profile: str = "colab", fp16: dict | None = None) -> str:
     """The appendix's Colab table (generated; ``tests/test_colab.py`` checks the appendix holds it)."""
-    from .records import record_path
-
-    fp16 = fp16 or json.loads(record_path("bench_h200_fp16.json").read_text())
+    fp16 = fp16 or _record("bench_h200_fp16.json")
     factor, ceiling = t4_factor(fp16)
     p = get_profile(profile)
     rows = ["| chapter | on Colab | runs | H200 estimate (s) | T4 estimate (min) | peak GPU memory (GiB) | "
@@ -231,9 +231,7 @@ def markdown_table(profile: str = "colab", fp16: dict | None = None) -> str:
 def check_sentence(check: dict | None = None) -> str:
     """How the GPU check's measured runs compare with the estimate (the table's H200 seconds include the
     median ratio, :func:`loop_overhead`)."""
-    from .records import record_path
-
-    check = check or json.loads(record_path("colab_check.json").read_text())
+    check = check or _record("colab_check.json")
     ratios = [r["measured_s"] / r["estimated_s"] for r in check["runs"]]
     p = check["provenance"]
     return (f"Checked on {p['device']} ({p['date']}, `scripts/colab_check.py`): {len(ratios)} runs of chapters 1 and 3 "

@@ -29,6 +29,7 @@ from cl_peft_lib import backbones as bb
 from cl_peft_lib import colab
 from cl_peft_lib.loop import RunConfig, run_continual
 from cl_peft_lib.profiles import get_profile
+from cl_peft_lib.records import record_path
 from cl_peft_lib.utils import provenance
 
 RUNS = [("finetune", s, {}) for s in (0, 1, 2)] + [("joint", s, {}) for s in (0, 1, 2)] + [
@@ -57,7 +58,7 @@ def main(out: str) -> int:
 
     prof = get_profile("colab")
     bb.BACKBONES[BACKBONE] = bb.BackboneSpec("vit_base_patch16_224", pretrained=False, tag="random:vit_base_patch16_224")
-    fp16 = json.loads((Path(colab.__file__).parent / "records" / "bench_h200_fp16.json").read_text())
+    fp16 = json.loads(record_path("bench_h200_fp16.json").read_text())
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         fabricate_cifar100(Path(tmp) / "data", prof.train_per_class, prof.test_per_class)
