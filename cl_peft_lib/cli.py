@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--workers", type=int, default=None, help="parallel CPU processes (when no GPU is used)")
     pr.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                     help="start no run after this many seconds (exit code 3 if some did not start; run it again)")
+    pr.add_argument("--methods", default=None, metavar="M1,M2",
+                    help="only these methods of the plan, or 'paper-methods' (all but the methods after the paper); "
+                         "the timing log records the restriction")
     pr.add_argument("--export", default=None, metavar="FILE",
                     help="write the selections and finished head-to-head runs to FILE (no training)")
     pr.add_argument("--import", dest="import_", default=None, metavar="FILE",
@@ -272,12 +275,13 @@ def _protocol(a: argparse.Namespace) -> int:
     """``cl-peft protocol``: tune, then both views of the head-to-head (:mod:`cl_peft_lib.protocol`)."""
     from .grid import format_summary
     from .profiles import get_profile
-    from .protocol import plan, run_protocol
+    from .protocol import parse_methods, plan, run_protocol
     from .tuning import TuningError
 
     try:
         profile = get_profile(a.profile).name
-        plan(profile)  # an unknown profile fails here
+        methods = parse_methods(a.methods, profile)
+        plan(profile, methods)  # an unknown profile or method fails here, before any data loads
         if a.root:
             check_out_dir(a.root, "--root")
         if a.export or a.import_:
@@ -288,7 +292,7 @@ def _protocol(a: argparse.Namespace) -> int:
                   f"{n['selections']} selections, {n['runs']} runs")
             return 0
         deadline = time.time() + a.time_limit if a.time_limit is not None else None
-        out = run_protocol(profile, a.root, a.gpus, a.workers, deadline, log=print)
+        out = run_protocol(profile, a.root, a.gpus, a.workers, deadline, log=print, methods=methods)
     except (KeyError, ValueError, TuningError) as e:
         return _error(_message(e))
     for b, sels in out["selections"].items():

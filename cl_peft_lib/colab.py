@@ -87,10 +87,11 @@ CH2_DIL = {"paper": "domainnet", "colab": "core50"}
 
 
 def chapter_runs(profile: str = "colab") -> dict[str, list[Run]]:
-    """Each training chapter's runs under a paper-track ``profile`` (the notebooks' lists; tests/test_colab.py
-    reads them back from the notebooks' code)."""
+    """Each training chapter's runs under a paper-track ``profile`` (the notebooks' lists, with the cuts of
+    :data:`COLAB_CUTS` under ``colab``; tests/test_colab.py reads them back from the notebooks' code)."""
+    chapters = {**CHAPTER_RUNS, **(COLAB_CUTS if profile == "colab" else {})}
     return {k: [Run(r.method, CH2_DIL[profile] if r.benchmark == "<dil>" else r.benchmark, r.seeds, r.epochs, r.note)
-                for r in v] for k, v in CHAPTER_RUNS.items()}
+                for r in v] for k, v in chapters.items()}
 
 
 #: Each training chapter's runs under the paper track (``<dil>``: :data:`CH2_DIL`).
@@ -105,6 +106,12 @@ CHAPTER_RUNS: dict[str, list[Run]] = {
     # seed), 12 S-X runs (3 seeds x 2 methods x per-domain / shared classifier)
     "06_ablations": [Run("l2p", "split-cifar100", 15), Run("l2l", "split-cifar100", 15 + 15),
                      Run("sprompts", "core50", 6), Run("slora", "core50", 6)],
+}
+#: Chapters whose lists the ``colab`` profile cuts (the notebook's parameter cell makes the same cut): chapter 6
+#: keeps 8 matched-budget runs (2 seeds x Lp 4/8 x L2P/L2L) and 2 sensitivity runs (L2L at 2 rates, block 0) and
+#: drops the S-X ablations, whose CoRE50 runs alone would take a T4 past 20 minutes.
+COLAB_CUTS: dict[str, list[Run]] = {
+    "06_ablations": [Run("l2p", "split-cifar100", 4), Run("l2l", "split-cifar100", 4 + 2)],
 }
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -178,38 +179,110 @@ def optimizer_step(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, los
 
 
 # ---------------------------------------------------------------- one optimisation step (shared hook)
+def non_finite_error(loss: float, where: str, cfg: MethodConfig) -> NonFiniteLossError:
+    """The loop's error for a NaN or infinite (rank-averaged) loss: where it happened and what to do."""
+    world = D.world_size()
+    ranks = f" (mean over {world} ranks)" if world > 1 else ""
+    return NonFiniteLossError(f"loss became {loss}{where}{ranks}; lower the learning rate "
+                              f"(e.g. --opt lr={cfg.lr / 10:g}) or check the data")
+
+
 def train_step(method: ContinualMethod, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer,
                scaler: torch.amp.GradScaler, params: list[torch.nn.Parameter], cfg: MethodConfig,
-               device: torch.device, sched=None, where: str = "") -> dict[str, float]:
+               device: torch.device, sched=None, where: str = "", check: bool = True) -> dict[str, Any]:
     """One optimisation step of :meth:`Runner.train_task`: ``observe`` under autocast, then
-    :func:`optimizer_step`, whose gradient hook averages gradients and loss over ranks and stops
-    on a non-finite loss after backward, before the optimizer steps.
+    :func:`optimizer_step`, whose gradient hook averages gradients and loss over ranks and (with
+    ``check``) stops on a non-finite loss after backward, before the optimizer steps.
 
-    The benchmark suite (``benchmarks/clbench``) times exactly this function.
+    The benchmark suite (``benchmarks/clbench``) times this function as the loop calls it
+    (``clbench.micro.loop_step``).
 
     Args:
         where: appended to the error message, e.g. ``" at task 1, epoch 0, step 3"``.
+        check: test the loss here (one host sync) and return floats; False leaves the test to the
+            caller (:class:`LossWatch`) and returns the device tensors, so the step never waits for the GPU.
 
     Returns:
-        ``{"loss": float(reduced loss), **logs of observe}`` (``float`` synchronises with the device).
+        ``{"loss": reduced loss, **logs of observe}``: floats with ``check``, else detached tensors.
 
     Raises:
-        NonFiniteLossError: the (reduced) loss is NaN or infinite; no parameter was updated.
+        NonFiniteLossError: (``check`` only) the (reduced) loss is NaN or infinite; no parameter was updated.
     """
     with autocast(device):
         loss, logs = method.observe(x, y)
 
     def reduce_and_check(loss: torch.Tensor) -> torch.Tensor:
         loss = D.average_gradients(params, loss)  # identity in one process; all ranks see the same mean
-        if not torch.isfinite(loss):
-            world = D.world_size()
-            ranks = f" (mean over {world} ranks)" if world > 1 else ""
-            raise NonFiniteLossError(f"loss became {loss.item()}{where}{ranks}; lower the learning rate "
-                                     f"(e.g. --opt lr={cfg.lr / 10:g}) or check the data")
+        if check and not torch.isfinite(loss):
+            raise non_finite_error(loss.item(), where, cfg)
         return loss
 
     loss = optimizer_step(opt, scaler, loss, params, cfg.grad_clip, sched, reduce_and_check)
-    return {"loss": float(loss.detach()), **logs}
+    out = {"loss": loss.detach(), **logs}
+    return {k: float(v) for k, v in out.items()} if check else out
+
+
+#: environment variable: steps between two finite-loss checks of :meth:`Runner.train_task` (default 50)
+LOSS_CHECK_ENV = "CL_PEFT_LOSS_CHECK_EVERY"
+
+
+def loss_check_every() -> int:
+    """Steps between two finite-loss checks of a task's training, from ``$CL_PEFT_LOSS_CHECK_EVERY``
+    (default 50; 1 checks after every step).
+
+    Raises:
+        ValueError: the variable is not a positive integer.
+    """
+    raw = os.environ.get(LOSS_CHECK_ENV, "50")
+    try:
+        every = int(raw)
+    except ValueError:
+        every = 0
+    if every < 1:
+        raise ValueError(f"{LOSS_CHECK_ENV}={raw!r} is not a positive integer; set it to e.g. 50 (or unset it)")
+    return every
+
+
+class LossWatch:
+    """The losses of a task's recent steps, kept on the device and tested for NaN/inf together.
+
+    Testing each step's loss (:func:`train_step` with ``check``) makes the host wait for the GPU
+    once per step. :meth:`Runner.train_task` instead adds every step's loss here and calls
+    :meth:`check` every ``every`` steps and at the end of each epoch: one host sync per check, so
+    the GPU never idles between steps. A non-finite loss then stops the run at the check, naming
+    the first bad step. The parameters may have taken the updates of the steps after it, but the
+    task is never recorded (no checkpoint, no accuracy row), so, as with a per-step check, the run
+    ends with the finished tasks' results and resumes from their checkpoint.
+    """
+
+    def __init__(self, cfg: MethodConfig, every: int) -> None:
+        self.cfg, self.every = cfg, every
+        self._losses: list[torch.Tensor] = []
+        self._where: list[str] = []
+
+    def add(self, loss: torch.Tensor, where: str) -> bool:
+        """Keep a step's (reduced, detached) loss; True when a check is due."""
+        self._losses.append(loss.reshape(()))
+        self._where.append(where)
+        return len(self._losses) >= self.every
+
+    def check(self) -> float | None:
+        """Test the kept losses (one host sync) and forget them; the last one, or None when none is kept.
+
+        Raises:
+            NonFiniteLossError: one of them is NaN or infinite (the first bad step is named).
+        """
+        if not self._losses:
+            return None
+        vals = torch.stack(self._losses).float().cpu()
+        where, self._losses, self._where = self._where, [], []
+        bad = (~torch.isfinite(vals)).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            raise non_finite_error(float(vals[i]), where[i], self.cfg)
+        return float(vals[-1])
+
+
 # ---------------------------------------------------------------- end of the shared hook
 
 
@@ -228,6 +301,7 @@ class Runner:
         self.profile = get_profile(cfg.profile)
         device = resolve_device(cfg.device)
         get_method_class(cfg.method)
+        loss_check_every()  # a bad $CL_PEFT_LOSS_CHECK_EVERY
         # the reference settings of the method on this benchmark (paper profile), then the run's own options
         ref_opts = self.profile.method_options(cfg.method, cfg.benchmark)
         self.mcfg = method_config(cfg.method, self.profile, {**ref_opts, **parse_opts(cfg.method_options)})
@@ -258,6 +332,8 @@ class Runner:
         pin = self.device.type == "cuda"
         for x, y in batches(ds, batch_size or self.profile.eval_batch_size, shuffle, generator,
                             self.profile.num_workers, pin, shard):
+            if pin and not x.is_pinned():  # in-memory slices: a copy from pageable memory would wait for the GPU
+                x, y = x.pin_memory(), y.pin_memory()
             x = x.to(self.device, non_blocking=True)
             yield to_model_input(x, self.size, self.mean, self.std), y.to(self.device, non_blocking=True)
 
@@ -292,7 +368,8 @@ class Runner:
         D.broadcast_parameters(params)  # every rank starts the task from rank 0's values (no-op in one process)
         scaler = torch.amp.GradScaler(enabled=amp_dtype(self.device) == torch.float16)
         m.train()
-        last = {}
+        last: dict[str, Any] = {}
+        watch = LossWatch(cfg, loss_check_every())
         bar = tqdm(total=steps * cfg.epochs, desc=f"task {t}", disable=not self.cfg.progress or not D.is_main(),
                    leave=False)
         try:
@@ -310,16 +387,20 @@ class Runner:
                 for step, (x, y) in enumerate(self.model_batches(ds, bs, True, g, shard)):
                     if aug is not None:
                         x = apply_augment(x, aug[pos[step * bs:step * bs + len(x)]])
-                    last = train_step(m, x, y, opt, scaler, params, cfg, self.device, sched,
-                                      f" at task {t}, epoch {epoch}, step {step}")
+                    where = f" at task {t}, epoch {epoch}, step {step}"
+                    last = train_step(m, x, y, opt, scaler, params, cfg, self.device, sched, where, check=False)
                     bar.update(1)
-                    bar.set_postfix(loss=f"{last['loss']:.3f}")
+                    if watch.add(last["loss"], where):
+                        bar.set_postfix(loss=f"{watch.check():.3f}")
                     if step_callback is not None:
                         step_callback(t, step, m)
+                loss = watch.check()  # every epoch ends with a check
+                if loss is not None:
+                    bar.set_postfix(loss=f"{loss:.3f}")
         finally:
             bar.close()
             m.eval()
-        return D.mean_logs(last)
+        return D.mean_logs({k: float(v) for k, v in last.items()})
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

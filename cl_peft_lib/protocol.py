@@ -49,16 +49,41 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def plan(profile: str) -> dict[str, list[str]]:
-    """The head-to-head's ``{benchmark: [methods]}`` under ``profile``."""
+def plan(profile: str, methods: Sequence[str] | None = None) -> dict[str, list[str]]:
+    """The head-to-head's ``{benchmark: [methods]}`` under ``profile`` (only ``methods``, when given).
+
+    Raises:
+        KeyError: no protocol for ``profile``. ValueError: a name in ``methods`` is in no benchmark's plan.
+    """
     if profile not in PLANS:
         raise KeyError(f"no protocol for profile '{profile}'; profiles with one: {', '.join(PLANS)}")
-    return {b: list(ms) for b, ms in PLANS[profile].items()}
+    full = {b: list(ms) for b, ms in PLANS[profile].items()}
+    if methods is None:
+        return full
+    known = list(dict.fromkeys(m for ms in full.values() for m in ms))
+    bad = [m for m in methods if m not in known]
+    if bad or not methods:
+        raise ValueError(f"--methods {','.join(methods) or '(empty)'}: {', '.join(bad) or 'no method'} not in the "
+                         f"{profile} protocol; valid: {', '.join(known)} (or '{PAPER_SCOPE}': all but {', '.join(AFTER)})")
+    return {b: kept for b, ms in full.items() if (kept := [m for m in ms if m in methods])}
 
 
-def tuning_plan(profile: str) -> dict[str, list[str]]:
+#: ``--methods`` shorthand: the methods of the paper's comparison, without the methods after it (:data:`AFTER`)
+PAPER_SCOPE = "paper-methods"
+
+
+def parse_methods(spec: str | None, profile: str) -> list[str] | None:
+    """``--methods``: None (the whole plan), a comma-separated list, or :data:`PAPER_SCOPE`."""
+    if spec is None:
+        return None
+    if spec == PAPER_SCOPE:
+        return [m for m in dict.fromkeys(m for ms in plan(profile).values() for m in ms) if m not in AFTER]
+    return [m for m in (x.strip() for x in spec.split(",")) if m]
+
+
+def tuning_plan(profile: str, methods: Sequence[str] | None = None) -> dict[str, list[str]]:
     """The methods that have a search space, per benchmark (``ncm`` and ``joint`` have nothing to select)."""
-    return {b: [m for m in ms if m in SEARCH_SPACES] for b, ms in plan(profile).items()}
+    return {b: tuned for b, ms in plan(profile, methods).items() if (tuned := [m for m in ms if m in SEARCH_SPACES])}
 
 
 def spaces(profile: str) -> dict[str, list[dict[str, Any]]]:
@@ -68,16 +93,18 @@ def spaces(profile: str) -> dict[str, list[dict[str, Any]]]:
     return {m: list(s[:k]) for m, s in SEARCH_SPACES.items()}
 
 
-def defaults_plan(profile: str) -> dict[str, list[str]]:
+def defaults_plan(profile: str, methods: Sequence[str] | None = None) -> dict[str, list[str]]:
     """The third view's ``{benchmark: [methods]}``: the swap at the methods' reference defaults."""
     return {b: [m for m in DEFAULTS_VIEW["domain" if b in DOMAIN_BENCHMARKS else "class"] if m in ms]
-            for b, ms in plan(profile).items()}
+            for b, ms in plan(profile, methods).items()}
 
 
 def run_protocol(profile: str, root: str | Path | None = None, gpus: Sequence[int] | str | None = None,
                  workers: int | None = None, deadline: float | None = None,
-                 log: Callable[[str], None] | None = print) -> dict[str, Any]:
+                 log: Callable[[str], None] | None = print, methods: Sequence[str] | None = None) -> dict[str, Any]:
     """Tune, then the tuned head-to-head and the reference-defaults view, all in the run store.
+
+    ``methods`` restricts every step to those methods (:func:`plan`); the timing log records the restriction.
 
     Returns:
         ``{"selections": {benchmark: {method: selection}}, "grid": the head-to-head grid summary}``; with a
@@ -96,19 +123,21 @@ def run_protocol(profile: str, root: str | Path | None = None, gpus: Sequence[in
         grids.append(run_cells(cells, **kw))
         return grids[-1]
 
-    sels = tune_plan(tuning_plan(profile), profile, TUNE_SEEDS, st["budget"], spaces(profile), root,
-                     run=tune_grid, gpus=gpus, workers=workers, deadline=deadline, log=None)
+    methods = None if methods is None else list(methods)
+    tplan = tuning_plan(profile, methods)
+    sels = tune_plan(tplan, profile, TUNE_SEEDS, st["budget"], spaces(profile), root,
+                     run=tune_grid, gpus=gpus, workers=workers, deadline=deadline, log=None) if tplan else {}
     t_tune = time.perf_counter() - t0
     n_sel = sum(len(v) for v in sels.values())
-    n_want = sum(len(v) for v in tuning_plan(profile).values())
+    n_want = sum(len(v) for v in tplan.values())
     say(f"protocol: {n_sel} of {n_want} selections stored ({t_tune:.0f} s)")
     if n_sel < n_want:
-        _log_timing(profile, root, t_tune, grids[0] if grids else None, None)
+        _log_timing(profile, root, t_tune, grids[0] if grids else None, None, methods)
         return {"selections": sels, "grid": None, "complete": False}
-    cells = tuned_cells(plan(profile), st["seeds"], profile, root)
+    cells = tuned_cells(plan(profile, methods), st["seeds"], profile, root)
     n_tuned = len(cells)
     tuned = {(c.method, c.benchmark, c.seed, json.dumps(dict(c.options), sort_keys=True, default=str)) for c in cells}
-    for b, ms in defaults_plan(profile).items():
+    for b, ms in defaults_plan(profile, methods).items():
         for m in ms:
             for s in st["seeds"]:
                 key = (m, b, int(s), "{}")
@@ -117,7 +146,7 @@ def run_protocol(profile: str, root: str | Path | None = None, gpus: Sequence[in
     # the tuned head-to-head before the defaults view, each longest run first (the slots then end together)
     cells = longest_first(cells[:n_tuned], profile) + longest_first(cells[n_tuned:], profile)
     g = run_cells(cells, profile, root, gpus, workers, log=say, deadline=deadline)
-    _log_timing(profile, root, t_tune, grids[0] if grids else None, g)
+    _log_timing(profile, root, t_tune, grids[0] if grids else None, g, methods)
     return {"selections": sels, "grid": g, "complete": not g["counts"]["not_started"] and not g["counts"]["failed"]}
 
 
@@ -129,8 +158,9 @@ def timing_path(profile: str, root: str | Path | None = None) -> Path:
 
 
 def _log_timing(profile: str, root: str | Path | None, tune_s: float, tune_grid: dict | None,
-                grid: dict | None) -> None:
-    """Append this invocation's wall times and run counts to :func:`timing_path`."""
+                grid: dict | None, methods: Sequence[str] | None = None) -> None:
+    """Append this invocation's wall times and run counts to :func:`timing_path` (with ``methods`` when the
+    protocol was restricted to them)."""
     import datetime as _dt
 
     from .utils import atomic_write_json
@@ -143,6 +173,8 @@ def _log_timing(profile: str, root: str | Path | None, tune_s: float, tune_grid:
              "tune_wall_s": round(tune_s, 1), "tune_runs": ran(tune_grid),
              "head_to_head_wall_s": None if grid is None else grid["wall_s"], "head_to_head_runs": ran(grid),
              "failed": sum(g["counts"]["failed"] for g in (tune_grid, grid) if g), "slots": slots}
+    if methods is not None:
+        entry["methods"] = list(methods)
     p = timing_path(profile, root)
     try:
         log = json.loads(p.read_text())
@@ -151,16 +183,20 @@ def _log_timing(profile: str, root: str | Path | None, tune_s: float, tune_grid:
     atomic_write_json(p, [*log, entry])
 
 
-def timing_summary(timing: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def timing_summary(timing: Sequence[Mapping[str, Any]], methods: Sequence[str] | None = None) -> dict[str, Any]:
     """The protocol's total wall time over the logged invocations (:func:`timing_path`, or a bundle's
     ``timing``): ``{"wall_s", "invocations", "runs", "tune_runs", "head_to_head_runs", "slots"}``;
     ``wall_s`` sums the tuning and head-to-head grids of every invocation that ran something; ``slots``
-    lists the distinct numbers of runs at a time."""
-    used = [t for t in timing if t.get("tune_runs") or t.get("head_to_head_runs")]
+    lists the distinct numbers of runs at a time, ``date`` the day of the last one. Only the invocations of the whole plan count, or, with
+    ``methods``, those restricted to exactly these methods (``cl-peft protocol --methods``)."""
+    scope = None if methods is None else list(methods)
+    used = [t for t in timing if (t.get("tune_runs") or t.get("head_to_head_runs")) and t.get("methods") == scope]
     wall = sum(t["tune_wall_s"] + (t.get("head_to_head_wall_s") or 0) for t in used)
     tr, hr = sum(t.get("tune_runs", 0) for t in used), sum(t.get("head_to_head_runs", 0) for t in used)
+    dates = sorted(t["date"][:10] for t in used if t.get("date"))
     return {"wall_s": round(wall, 1), "invocations": len(used), "runs": tr + hr, "tune_runs": tr,
-            "head_to_head_runs": hr, "slots": sorted({len(t["slots"]) for t in used if t.get("slots")})}
+            "head_to_head_runs": hr, "slots": sorted({len(t["slots"]) for t in used if t.get("slots")}),
+            "date": dates[-1] if dates else None}
 
 
 def _results(profile: str, benchmark: str, method: str, seeds: Sequence[int], options: Mapping[str, Any],
@@ -189,12 +225,17 @@ def head_to_head(profile: str, view: str = "tuned", root: str | Path | None = No
 
     Args:
         view: ``"tuned"`` (each method at its selection) or ``"defaults"`` (the swap at reference defaults).
-        missing: ``"raise"`` (a missing run is an error naming the command) or ``"skip"`` (only finished seeds).
+        missing: ``"raise"`` (a missing run is an error naming the command) or ``"skip"`` (only finished seeds;
+            ``{}`` for a profile without a protocol, e.g. ``laptop`` or ``colab``, whose chapters then read the
+            packaged offline results).
     """
     from .tuning import selected_options
 
     if missing not in ("raise", "skip"):
         raise ValueError(f"missing must be 'raise' or 'skip', got {missing!r}")
+    if profile not in SETTINGS and missing == "skip":
+        return {}
+    plan(profile)  # a profile without a protocol: the KeyError that names those with one
     seeds = SETTINGS[profile]["seeds"]
     if view == "tuned":
         from .tuning import TuningError

@@ -16,17 +16,16 @@ Chapter: ``book/appendix_paper_track.md`` ("A free Colab T4").
 from __future__ import annotations
 
 import json
-import pickle
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cl_peft_lib import backbones as bb
 from cl_peft_lib import colab
+from cl_peft_lib.data.fabricate import write_cifar100
 from cl_peft_lib.loop import RunConfig, run_continual
 from cl_peft_lib.profiles import get_profile
 from cl_peft_lib.records import record_path
@@ -37,22 +36,6 @@ RUNS = [("finetune", s, {}) for s in (0, 1, 2)] + [("joint", s, {}) for s in (0,
 BACKBONE = "random_vit_base_patch16_224"
 
 
-def fabricate_cifar100(root: Path, train_per_class: int, test_per_class: int) -> None:
-    """``cifar-100-python/{train,test,meta}`` as the official Python-2 pickles, random pixels."""
-    base = root / "cifar-100-python"
-    base.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for split, n in (("train", train_per_class), ("test", test_per_class)):
-        labels = [c for c in range(100) for _ in range(n)]
-        x = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
-        d = {b"batch_label": split.encode(), b"filenames": [b"f.png"] * len(labels), b"fine_labels": labels,
-             b"coarse_labels": [0] * len(labels), b"data": x}
-        (base / split).write_bytes(pickle.dumps(d, protocol=2))
-    meta = {b"fine_label_names": [f"class{k}".encode() for k in range(100)],
-            b"coarse_label_names": [f"super{k}".encode() for k in range(20)]}
-    (base / "meta").write_bytes(pickle.dumps(meta, protocol=2))
-
-
 def main(out: str) -> int:
     import os
 
@@ -61,7 +44,8 @@ def main(out: str) -> int:
     fp16 = json.loads(record_path("bench_h200_fp16.json").read_text())
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        fabricate_cifar100(Path(tmp) / "data", prof.train_per_class, prof.test_per_class)
+        write_cifar100(Path(tmp) / "data", {"train": [c for c in range(100) for _ in range(prof.train_per_class)],
+                                            "test": [c for c in range(100) for _ in range(prof.test_per_class)]})
         os.environ["CL_PEFT_DATA"] = str(Path(tmp) / "data")
         for method, seed, opts in RUNS:
             torch.cuda.reset_peak_memory_stats()

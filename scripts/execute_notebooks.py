@@ -34,7 +34,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO / "notebooks"
-PROFILES = ("smoke", "offline", "laptop", "paper")
+PROFILES = ("smoke", "offline", "laptop", "colab", "paper")
 #: matplotlib backend of the kernels: IPython's inline backend, which stores figures as image/png
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 #: notebook metadata key recording how the outputs were produced (tests/test_notebooks.py reads it)
@@ -69,11 +69,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="per-cell timeout in seconds (default: 3600; -1 for none)",
     )
     p.add_argument(
+        "--times",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also record each notebook's wall time in FILE (JSON; entries of other notebooks are kept), "
+        "e.g. cl_peft_lib/records/laptop_chapters.json",
+    )
+    p.add_argument(
         "--kernel",
         default="python3",
         help="Jupyter kernel name (default: python3, i.e. this interpreter's ipykernel)",
     )
     return p.parse_args(argv)
+
+
+TIMES_SCHEMA = "cl-peft-chapter-times/1"
+
+
+def record_times(path: Path, results: list[tuple[str, float, str]], profile: str, device: str) -> None:
+    """Merge ``(notebook, seconds, status)`` into the JSON record at ``path``: per notebook its latest wall time,
+    with the profile, device and machine (CPU count, processor) it was measured on."""
+    import datetime as _dt
+    import json
+    import platform
+
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        rec = {}
+    if rec.get("schema") != TIMES_SCHEMA or rec.get("profile") != profile:
+        rec = {"schema": TIMES_SCHEMA, "profile": profile, "chapters": {}}
+    when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    for rel, elapsed, status in results:
+        rec["chapters"][Path(rel).stem] = {"wall_s": round(elapsed, 1), "status": status, "device": device,
+                                           "cpu_count": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+                                           "date": when}
+    rec["chapters"] = dict(sorted(rec["chapters"].items()))
+    path.write_text(json.dumps(rec, indent=1) + "\n")
 
 
 def execute_one(path: Path, timeout: int, kernel: str) -> None:
@@ -152,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         elapsed = time.perf_counter() - start
         results.append((str(rel), elapsed, status))
         print(f"[{status:4s}] {rel}  {elapsed:8.1f} s", flush=True)
+        if args.times:
+            record_times(args.times, results[-1:], args.profile, args.device)
 
     print("\nnotebook wall times:")
     for rel, elapsed, status in results:

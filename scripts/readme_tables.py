@@ -35,7 +35,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -325,6 +325,34 @@ def laptop_sentence(laptop: dict[str, Bench] | None, offline: dict[str, Bench], 
     return out
 
 
+#: The laptop profile's target for one chapter (issue 16), in minutes.
+LAPTOP_CHAPTER_MIN = 15
+
+
+def laptop_chapters_sentence(rec: dict[str, Any] | None, source: str,
+                             notebooks: Sequence[str] | None = None) -> str | None:
+    """Each chapter's measured wall time under ``laptop`` (``scripts/execute_notebooks.py --times``), against
+    the 15-minute target, and which of ``notebooks`` (names without ``.ipynb``) the record lacks; None without
+    a record."""
+    chapters = (rec or {}).get("chapters") or {}
+    if not chapters:
+        return None
+    missing = [n.split("_")[0] for n in (notebooks or []) if n not in chapters]
+    cores = sorted({c["cpu_count"] for c in chapters.values() if c.get("cpu_count")})
+    parts, over = [], []
+    for name, c in chapters.items():
+        ok = c.get("status") == "ok"
+        parts.append(f"{name.split('_')[0]} {c['wall_s'] / 60:.1f} min" + ("" if ok else f" ({c.get('status')})"))
+        if not ok or c["wall_s"] / 60 > LAPTOP_CHAPTER_MIN:
+            over.append(name.split("_")[0])
+    verdict = (f"each within the {LAPTOP_CHAPTER_MIN}-min target" if not over else
+               f"over the {LAPTOP_CHAPTER_MIN}-min target (or failed): chapter {', '.join(over)}")
+    return (f"Chapters executed under `--profile laptop` on {'/'.join(map(str, cores)) or '?'} CPU cores "
+            f"(`make execute PROFILE=laptop TIMES={source}`, each chapter in one run): " + ", ".join(parts) + f"; {verdict}"
+            + (f"; not timed: chapter {', '.join(missing)}" if missing else "")
+            + (f" ({rec['note']})." if rec.get("note") else "."))
+
+
 # --------------------------------------------------------------------------- the block
 def _seed_range(seeds: list[int]) -> str:
     seeds = sorted(seeds)
@@ -345,24 +373,29 @@ def _pair_sentences(benches: dict[str, Bench]) -> list[str]:
     return sentences
 
 
-def timing_sentence(timing: dict[str, Any] | None) -> str | None:
+def timing_sentence(timing: dict[str, Any] | None, scope: str | None = None) -> str | None:
     """The protocol's measured wall time (:func:`cl_peft_lib.protocol.timing_summary` of a bundle's ``timing``),
-    set against the 20-minute target of tuning plus the tuned head-to-head; None without timing."""
+    set against the 20-minute target of tuning plus the tuned head-to-head; None without timing. ``scope``
+    names a restricted protocol (``cl-peft protocol --methods``), e.g. ``"the paper's methods"``."""
     if not timing or not timing.get("runs"):
         return None
     slots = "–".join(str(k) for k in timing["slots"]) if timing.get("slots") else "?"
     mins = timing["wall_s"] / 60
     verdict = "within" if mins <= 20 else "over"
-    return (f"Wall time of `cl-peft protocol` for tuning ({timing['tune_runs']} runs) and the tuned head-to-head "
+    what = f" restricted to {scope}" if scope else ""
+    return (f"Wall time of `cl-peft protocol`{what} for tuning ({timing['tune_runs']} runs) and the tuned head-to-head "
             f"({timing['head_to_head_runs']} runs), from an empty run store: {timing['wall_s']:,.0f} s "
-            f"({mins:.1f} min, {verdict} the 20-min target) over {timing['invocations']} invocations on one H200, "
+            f"({mins:.1f} min, {verdict} the 20-min target) over {timing['invocations']} invocations on one H200"
+            f"{' on ' + timing['date'] if timing.get('date') else ''}, "
             f"{slots} runs at a time (the sum of the grids' wall times; the defaults view was carried over).")
 
 
 def render(benches: dict[str, Bench], source: str, defaults: dict[str, Bench] | None = None,
-           timing: dict[str, Any] | None = None, laptop: str | None = None) -> str:
+           timing: dict[str, Any] | None = None, laptop: str | None = None,
+           scoped: tuple[str, dict[str, Any]] | None = None) -> str:
     """The README block: one table per benchmark, then the paired differences (and, given ``defaults``,
-    the same differences at the methods' reference defaults; given ``timing``, the protocol's wall time)."""
+    the same differences at the methods' reference defaults; given ``timing``, the protocol's wall time; given
+    ``scoped`` = ``(scope, timing)``, that of the protocol restricted to ``scope``)."""
     all_seeds = sorted({s for b in benches.values() for per in b.values.values() for s in per})
     out = [BEGIN, "",
            f"Head to head (chapter 5; final average accuracy $A_T$ and forgetting $F$ in %, over "
@@ -392,9 +425,9 @@ def render(benches: dict[str, Bench], source: str, defaults: dict[str, Bench] | 
     if d_sentences:
         out += ["The same pairs at the methods' reference defaults (untuned, same seeds; chapter 5's defaults view): "
                 + "; ".join(d_sentences) + ".", ""]
-    t = timing_sentence(timing)
-    if t:
-        out += [t, ""]
+    for t in (timing_sentence(timing), timing_sentence(scoped[1], scoped[0]) if scoped else None):
+        if t:
+            out += [t, ""]
     if laptop:
         lp = Path(laptop)
         meta = json.loads(lp.read_text())
@@ -404,6 +437,13 @@ def render(benches: dict[str, Bench], source: str, defaults: dict[str, Bench] | 
         lt = laptop_sentence(from_laptop_check(lp), benches, rel, meta)
         if lt:
             out += [lt, ""]
+        chap = lp.with_name("laptop_chapters.json")
+        if chap.exists():
+            ct = laptop_chapters_sentence(json.loads(chap.read_text()), str(chap.relative_to(ROOT)) if
+                                          chap.resolve().is_relative_to(ROOT) else str(chap),
+                                          sorted(p.stem for p in (ROOT / "notebooks").glob("*.ipynb")))
+            if ct:
+                out += [ct, ""]
     out.append(END)
     return "\n".join(out)
 
@@ -428,13 +468,17 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--write", metavar="README", help="replace the block between the markers in this file")
     g.add_argument("--check", metavar="README", help="exit 1 when this file's block differs")
     args = ap.parse_args(argv)
-    defaults = timing = None
+    defaults = timing = scoped = None
     try:
         if args.bundle:
             bp = Path(args.bundle).resolve()
-            from cl_peft_lib.protocol import timing_summary
+            from cl_peft_lib.protocol import PAPER_SCOPE, parse_methods, timing_summary
 
-            timing = timing_summary(json.loads(bp.read_text()).get("timing") or [])
+            log = json.loads(bp.read_text()).get("timing") or []
+            timing = timing_summary(log)
+            paper = timing_summary(log, parse_methods(PAPER_SCOPE, json.loads(bp.read_text())["profile"]))
+            scoped = (f"the methods of the paper's comparison (`--methods {PAPER_SCOPE}`: all but the methods "
+                      f"after it, chapter 8)", paper)
             benches, source = from_bundle(bp), str(bp.relative_to(ROOT)) if bp.is_relative_to(ROOT) else str(bp)
             try:
                 defaults = from_bundle(bp, view="defaults")
@@ -451,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
               f"values (run chapter 5's grid and pass --runs runs/<profile>).", file=sys.stderr)
         return 2
     laptop = ROOT / "cl_peft_lib" / "records" / "laptop_pairs.json"
-    block = render(benches, source, defaults, timing, str(laptop) if args.bundle and laptop.exists() else None)
+    block = render(benches, source, defaults, timing, str(laptop) if args.bundle and laptop.exists() else None,
+                   scoped)
     if args.write or args.check:
         path = Path(args.write or args.check)
         text = path.read_text()

@@ -103,6 +103,51 @@ def test_nan_loss_stops_and_keeps_finished_tasks(real_cil, tmp_path):
     assert len(res["accuracy_matrix"]) == 1
 
 
+def test_loss_check_interval_changes_no_number_and_names_the_first_bad_step(real_cil, tmp_path, monkeypatch):
+    """The loop tests its losses every $CL_PEFT_LOSS_CHECK_EVERY steps (one host sync each) instead of
+    after every step: the results are the same for any interval, and a NaN is still reported at its
+    own step (not at the check that found it) with finished tasks kept."""
+    runs = {}
+    for every in ("1", "3", "1000"):
+        monkeypatch.setenv("CL_PEFT_LOSS_CHECK_EVERY", every)
+        runs[every] = _run("l2p", real_cil, opts={"epochs": 2, "pool_size": 4, "top_n": 2, "prompt_length": 2})
+    for every in ("3", "1000"):
+        assert runs[every]["accuracy_matrix"] == runs["1"]["accuracy_matrix"]
+        assert runs[every]["train_logs"] == runs["1"]["train_logs"]
+    assert all(isinstance(v, float) for log in runs["1"]["train_logs"] for v in log.values())
+    assert set(runs["1"]["train_logs"][0]) == {"loss", "ce", "match"}
+
+    seen = []
+
+    def poison(task, step, method):  # the step after step 2 of task 1, epoch 0, sees NaN weights
+        seen.append((task, step))
+        if (task, step) == (1, 2):
+            with torch.no_grad():
+                method.head.weight.fill_(float("nan"))
+
+    monkeypatch.setenv("CL_PEFT_LOSS_CHECK_EVERY", "1000")
+    with pytest.raises(NonFiniteLossError, match="task 1, epoch 0, step 3;"):
+        _run("linear_probe", real_cil, tmp_path, opts={"epochs": 2}, step_callback=poison)
+    assert max(s for t, s in seen if t == 1) > 3  # found at the epoch's end, not at step 3
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["status"] == "failed" and len(res["accuracy_matrix"]) == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "often"])
+def test_bad_loss_check_interval_is_refused_with_what_to_set(real_cil, monkeypatch, value):
+    monkeypatch.setenv("CL_PEFT_LOSS_CHECK_EVERY", value)
+    with pytest.raises(ValueError, match="CL_PEFT_LOSS_CHECK_EVERY=.*positive integer.*e.g. 50"):
+        _run("linear_probe", real_cil, opts={"epochs": 1})
+
+
+def test_count_ids_is_bincount_without_a_data_dependent_size():
+    from cl_peft_lib.methods.selection import count_ids
+
+    idx = torch.randint(0, 7, (33, 3), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(count_ids(idx, 10), torch.bincount(idx.flatten(), minlength=10))
+    assert count_ids(idx[:0], 4).tolist() == [0, 0, 0, 0]
+
+
 def test_corrupt_or_foreign_checkpoint_refused(real_cil, tmp_path):
     _run("linear_probe", real_cil, tmp_path, opts={"epochs": 1})
     with pytest.raises(CheckpointError, match="different run"):

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from cl_peft_lib.data.base import DatasetNotFoundError, FileImageDataset, TensorImageDataset
+from cl_peft_lib.data.fabricate import write_cifar100
 from cl_peft_lib.data.paper import (
     CORE50_TEST_SESSIONS,
     CORE50_TRAIN_SESSIONS,
@@ -48,9 +49,8 @@ def _assert_fix_in(msg: str, path: Path, fn: str, url: str) -> None:
 
 
 def _make_cifar(root: Path, train_labels, test_labels, seed: int = 0):
-    """Write cifar-100-python/{train,test,meta} like the official Python-2 pickles (bytes keys)."""
-    base = root / "cifar-100-python"
-    base.mkdir(parents=True)
+    """cifar-100-python/ through the library's writer (:func:`cl_peft_lib.data.fabricate.write_cifar100`), each
+    split's first image pure red (the loader must keep the rows channel-planar)."""
     rng = np.random.default_rng(seed)
     images = {}
     for split, labels in (("train", train_labels), ("test", test_labels)):
@@ -58,15 +58,7 @@ def _make_cifar(root: Path, train_labels, test_labels, seed: int = 0):
         x[0] = 0
         x[0, 0] = 255  # first image: pure red
         images[split] = x
-        d = {b"batch_label": f"{split} batch".encode(), b"filenames": [b"f.png"] * len(labels),
-             b"fine_labels": list(labels), b"coarse_labels": [0] * len(labels), b"data": x.reshape(len(labels), 3072)}
-        with open(base / split, "wb") as f:
-            pickle.dump(d, f, protocol=2)
-    meta = {b"fine_label_names": [f"class{k}".encode() for k in range(100)],
-            b"coarse_label_names": [f"super{k}".encode() for k in range(20)]}
-    with open(base / "meta", "wb") as f:
-        pickle.dump(meta, f, protocol=2)
-    return images
+    return write_cifar100(root, {"train": train_labels, "test": test_labels}, images)
 
 
 def test_cifar100_reads_official_pickles(tmp_path):

@@ -132,6 +132,14 @@ def test_the_protocol_plans_are_consistent():
         protocol.plan("nope")
 
 
+def test_head_to_head_of_a_profile_without_protocol_is_empty_when_skipping(tmp_path):
+    """Chapter 6 asks for chapter 5's views under any profile and falls back to the packaged offline results."""
+    for prof in ("laptop", "colab"):
+        assert protocol.head_to_head(prof, "tuned", tmp_path, missing="skip") == {}
+        with pytest.raises(KeyError, match="profiles with one: offline, paper, smoke"):
+            protocol.head_to_head(prof, "defaults", tmp_path)
+
+
 def test_head_to_head_names_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match="cl-peft protocol"):
         protocol.head_to_head("smoke", "defaults", tmp_path)
@@ -249,6 +257,23 @@ def test_cl_peft_protocol_end_to_end_on_the_smoke_track(monkeypatch, tmp_path, c
     assert len(d_only["runs"]) == sum(len(rs) for per in d.values() for rs in per.values())
 
 
+def test_protocol_restricted_to_some_methods_runs_only_them_and_logs_its_scope(fake_children, tmp_path, capsys):
+    root = tmp_path / "runs"
+    args = ["protocol", "--profile", "smoke", "--root", str(root), "--workers", "1"]
+    assert cli_main(args + ["--methods", "ncm,nope"]) != 0  # refused before anything runs
+    err = capsys.readouterr().err
+    assert "nope not in the smoke protocol; valid: ncm, l2p, l2l" in err and not fake_children
+    assert cli_main(args + ["--methods", "ncm,l2p"]) == 0
+    ran = {c[c.index("--method") + 1] for c in fake_children}
+    assert ran == {"ncm", "l2p"}
+    [t] = json.loads(protocol.timing_path("smoke", root).read_text())
+    assert t["methods"] == ["ncm", "l2p"] and t["tune_runs"] == protocol.SETTINGS["smoke"]["budget"]
+    assert protocol.timing_summary([t])["runs"] == 0  # not a measurement of the whole plan
+    assert protocol.timing_summary([t], ["ncm", "l2p"])["runs"] == t["tune_runs"] + t["head_to_head_runs"]
+    scope = protocol.parse_methods(protocol.PAPER_SCOPE, "offline")
+    assert set(scope) == {m for ms in protocol.plan("offline").values() for m in ms} - set(protocol.AFTER)
+
+
 def test_timing_summary_sums_the_invocations_that_ran_something():
     log = [{"tune_wall_s": 400.0, "tune_runs": 36, "head_to_head_wall_s": None, "head_to_head_runs": 0,
             "slots": ["gpu0"] * 12},
@@ -256,7 +281,7 @@ def test_timing_summary_sums_the_invocations_that_ran_something():
            {"tune_wall_s": 1.0, "tune_runs": 0, "head_to_head_wall_s": 300.5, "head_to_head_runs": 90,
             "slots": ["gpu0"] * 14}]
     assert protocol.timing_summary(log) == {"wall_s": 701.5, "invocations": 2, "runs": 126, "tune_runs": 36,
-                                            "head_to_head_runs": 90, "slots": [12, 14]}
+                                            "head_to_head_runs": 90, "slots": [12, 14], "date": None}
     assert protocol.timing_summary([])["wall_s"] == 0
 
 

@@ -242,6 +242,9 @@ def test_the_readme_timing_sentence_reads_either_way(rt):
     assert "1,317 s (21.9 min, over the 20-min target)" in over and "12–14 runs at a time" in over
     assert "(18.3 min, within the 20-min target)" in within
     assert rt.timing_sentence(None) is None and rt.timing_sentence({**base, "runs": 0, "wall_s": 0}) is None
+    scoped = rt.timing_sentence({**base, "wall_s": 700.0}, "the paper's methods")
+    assert scoped.startswith("Wall time of `cl-peft protocol` restricted to the paper's methods for tuning")
+    assert "(11.7 min, within the 20-min target)" in scoped
 
 
 def test_accuracy_curves_draw_each_method_in_the_books_colour():
@@ -279,3 +282,15 @@ def test_the_readme_laptop_sentence_reads_either_way(rt):
     flipped = rt.laptop_sentence(benches(-12.0, 2.0), off, "x.json")
     assert "zero): L2L − L2P." in flipped
     assert rt.laptop_sentence(None, off, "x.json") is None
+
+
+def test_the_readme_laptop_chapters_sentence_reads_either_way(rt):
+    chapters = {"02_pretrained_backbone": {"wall_s": 728.8, "status": "ok", "cpu_count": 2},
+                "03_prompt_tuning": {"wall_s": 1000.0, "status": "ok", "cpu_count": 2}}
+    lap = rt.laptop_chapters_sentence({"chapters": chapters}, "rec.json")
+    assert "02 12.1 min, 03 16.7 min; over the 15-min target (or failed): chapter 03." in lap and "on 2 CPU" in lap
+    chapters["03_prompt_tuning"]["wall_s"] = 600.0
+    assert "each within the 15-min target." in rt.laptop_chapters_sentence({"chapters": chapters}, "rec.json")
+    both = rt.laptop_chapters_sentence({"chapters": chapters}, "r", ["02_pretrained_backbone", "06_ablations"])
+    assert both.endswith("each within the 15-min target; not timed: chapter 06.")
+    assert rt.laptop_chapters_sentence(None, "x") is None

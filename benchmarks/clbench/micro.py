@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -83,6 +83,22 @@ def fp16_skipped_steps(scaler: torch.amp.GradScaler) -> int:
     return int(round(math.log2(init / scaler.get_scale())))
 
 
+def loop_step(m, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+              params: list, cfg, dev: torch.device, sched, where: str) -> Callable[[], None]:
+    """One training step as :meth:`cl_peft_lib.loop.Runner.train_task` makes it: :func:`~cl_peft_lib.loop.train_step`
+    without its per-step check, the loss kept by a :class:`~cl_peft_lib.loop.LossWatch` that tests it every
+    ``$CL_PEFT_LOSS_CHECK_EVERY`` steps (its ``check`` is the returned function's ``check`` attribute)."""
+    watch = _loop.LossWatch(cfg, _loop.loss_check_every())
+
+    def step() -> None:
+        out = _loop.train_step(m, x, y, opt, scaler, params, cfg, dev, sched, where, check=False)
+        if watch.add(out["loss"], where):
+            watch.check()
+
+    step.check = watch.check
+    return step
+
+
 def train_step_flops(m, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                      dev: torch.device) -> tuple[int, dict[str, int]]:
     """FLOPs of one training step of ``m`` (``observe`` under autocast, then backward) and their count per op;
@@ -122,8 +138,10 @@ def bench_method(b: Bench, name: str, bs: int, compiled: bool = False, fused: bo
         rec["vit_passes_train_step"] = vit_passes(by_op, b.base, bs)
         if compiled:
             rec["compiled_blocks"] = compile_blocks(m)
-        # The loop's own step: observe under autocast, backward, the loop's non-finite check, clip, step.
-        tr = b.measure(lambda: _loop.train_step(m, x, y, opt, scaler, params, cfg, dev, sched, " in the benchmark"), bs)
+        # The loop's own step: observe under autocast, backward, clip, step; the loss tested as the loop does.
+        step = loop_step(m, x, y, opt, scaler, params, cfg, dev, sched, " in the benchmark")
+        tr = b.measure(step, bs)
+        step.check()
         rec.update(train_img_s=tr["img_s"], train_img_s_repeats=tr["img_s_repeats"], train_step_ms=tr["step_ms"],
                    train_warmup_s=tr["warmup_s"], peak_mem_train_gib=mem_peak_gib(dev, base_mem),
                    flops_train_step=flops, flops_train_per_img=flops / bs, flops_by_op=by_op)

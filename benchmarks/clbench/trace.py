@@ -21,10 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cl_peft_lib import loop as _loop
-
 from .measure import sync
-from .micro import build_runner, train_step_flops, training_state
+from .micro import build_runner, loop_step, train_step_flops, training_state
 from .variants import compile_blocks
 
 if TYPE_CHECKING:
@@ -93,8 +91,7 @@ def trace_method(b: Bench, name: str, bs: int, steps: int = 8, warmup: int = 6, 
     if compiled:
         rec["compiled_blocks"] = compile_blocks(m)
 
-    def step():
-        _loop.train_step(m, x, y, opt, scaler, params, cfg, dev, sched, " in the trace")
+    step = loop_step(m, x, y, opt, scaler, params, cfg, dev, sched, " in the trace")
     for _ in range(warmup):
         step()
     sync(dev)
@@ -104,6 +101,7 @@ def trace_method(b: Bench, name: str, bs: int, steps: int = 8, warmup: int = 6, 
             step()
         sync(dev)
         wall_ms = (time.perf_counter() - t0) * 1000 / steps
+    step.check()
     kernels, by_family, by_name = [], {}, {}
     syncs = {"aten::_local_scalar_dense": 0, "cudaStreamSynchronize": 0, "cudaDeviceSynchronize": 0,
              "cudaMemcpyAsync": 0}

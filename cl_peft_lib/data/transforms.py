@@ -21,6 +21,7 @@ Chapter: README (``data/transforms.py``: preprocessing and augmentation on the d
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -46,9 +47,16 @@ def to_model_input(x: torch.Tensor, size: int, mean: Sequence[float], std: Seque
         x = x.expand(-1, 3, -1, -1)
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > size)
-    m = torch.as_tensor(mean, dtype=dtype, device=x.device).view(1, 3, 1, 1)
-    s = torch.as_tensor(std, dtype=dtype, device=x.device).view(1, 3, 1, 1)
+    m = _channel_tensor(tuple(mean), dtype, x.device)
+    s = _channel_tensor(tuple(std), dtype, x.device)
     return (x - m) / s
+
+
+@functools.lru_cache(maxsize=64)
+def _channel_tensor(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``values`` as a ``(1, C, 1, 1)`` tensor on ``device``, made once: a fresh one per batch would
+    be copied from pageable host memory, which waits for the GPU to finish its queued work."""
+    return torch.as_tensor(values, dtype=dtype).view(1, -1, 1, 1).to(device)
 
 
 #: The training augmentations (``Profile.train_augment``).
@@ -129,6 +137,8 @@ def apply_augment(x: torch.Tensor, params: torch.Tensor | None) -> torch.Tensor:
     theta = torch.zeros(len(x), 2, 3)
     theta[:, 0, 0], theta[:, 1, 1] = torch.where(flip > 0, -w, w), h
     theta[:, 0, 2], theta[:, 1, 2] = 2 * x0 + w - 1, 2 * y0 + h - 1  # box centre in [-1, 1]
+    if x.is_cuda:  # from pinned memory the copy is queued behind the GPU's work instead of waiting for it
+        theta = theta.pin_memory().to(x.device, non_blocking=True)
     theta = theta.to(device=x.device, dtype=x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

@@ -205,8 +205,9 @@ class ContinualMethod(nn.Module):
         """Training-time logits over the whole label space, shape ``(B, C)``."""
         raise NotImplementedError
 
-    def observe(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss on one training batch (the loop does backward and the optimizer step)."""
+    def observe(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        """Loss on one training batch (the loop does backward and the optimizer step), and logs: detached
+        0-d tensors (the loop turns them into floats at the end of the task, without a sync per step) or floats."""
         logits = self(x)
         loss = F.cross_entropy(self.mask_train_logits(logits), y)
         return loss, {}

@@ -218,5 +218,5 @@ class CODAPrompt(ContinualMethod):
         ce = F.cross_entropy(self.mask_train_logits(self(x)).float(), y)
         if self.cfg.ortho_mu > 0:
             ortho = self.ortho_loss()
-            return ce + ortho, {"ce": float(ce.detach()), "ortho": float(ortho.detach())}
-        return ce, {"ce": float(ce.detach())}
+            return ce + ortho, {"ce": ce.detach(), "ortho": ortho.detach()}
+        return ce, {"ce": ce.detach()}

@@ -134,7 +134,7 @@ class L2XMethod(ContinualMethod):
         logits = self(x)
         ce = F.cross_entropy(self.mask_train_logits(logits).float(), y)
         match = KeyedPool.surrogate(*self._match)
-        return ce - self.cfg.surrogate_weight * match, {"ce": float(ce.detach()), "match": float(match.detach())}
+        return ce - self.cfg.surrogate_weight * match, {"ce": ce.detach(), "match": match.detach()}
 
     def begin_task(self, task_id: int, classes: list[int]) -> None:
         super().begin_task(task_id, classes)

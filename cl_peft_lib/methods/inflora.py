@@ -227,6 +227,7 @@ class InfLoRA(LinearHeadMethod):
                                        for n, m in fused_qkv_layers(backbone, config.layers).items()})
         self.register_buffer("n_designed", torch.zeros((), dtype=torch.long))
         self.register_buffer("n_merged", torch.zeros((), dtype=torch.long))
+        self._n_designed = 0  # n_designed on the host: reading the buffer in every step would wait for the GPU
 
     def begin_task(self, task_id: int, classes: list[int]) -> None:
         super().begin_task(task_id, classes)
@@ -262,17 +263,19 @@ class InfLoRA(LinearHeadMethod):
         for n, br in self.branches.items():
             br.design(self.task_id, covs[n])
         self.n_designed.fill_(self.task_id + 1)
+        self._n_designed = self.task_id + 1
 
     def observe(self, x: torch.Tensor, y: torch.Tensor):
-        if int(self.n_designed) <= self.task_id:  # the first batch of the task (see the module docstring)
+        if self._n_designed <= self.task_id:  # the first batch of the task (see the module docstring)
             self.design([x])
         return super().observe(x, y)
 
     @torch.no_grad()
     def end_task(self, task_id: int, ctx: TaskContext) -> None:
         """Merge the branch into the weights, then update the subspace memory from the task's inputs."""
-        if int(self.n_designed) <= task_id:  # never trained (e.g. no batch): nothing to merge but zeros
+        if self._n_designed <= task_id:  # never trained (e.g. no batch): nothing to merge but zeros
             self.n_designed.fill_(task_id + 1)
+            self._n_designed = task_id + 1
         for br in self.branches.values():
             br.merge(task_id + 1)
         self.n_merged.fill_(task_id + 1)
@@ -282,6 +285,7 @@ class InfLoRA(LinearHeadMethod):
 
     def load_checkpoint_state(self, state) -> None:
         super().load_checkpoint_state(state)
+        self._n_designed = int(self.n_designed)
         n = int(self.n_merged)
         for br in self.branches.values():
             br.merge(n)

@@ -32,6 +32,7 @@ from torch import nn
 from ..options import check_range
 from .registry import register_method
 from .families import L2XConfig, L2XMethod, SXConfig, SXMethod
+from .selection import count_ids
 
 
 # ----------------------------------------------------------------------------- hooks into timm's ViT
@@ -301,7 +302,7 @@ class DualPrompt(L2XMethod):
         if idx is None:
             return super().forward(x)
         sim = self.pool.similarity(self.query(x))
-        self.pool.counts += torch.bincount(idx.flatten(), minlength=self.cfg.pool_size)
+        self.pool.counts += count_ids(idx, self.cfg.pool_size)
         self._match = (sim, idx)  # the surrogate pulls the current task's keys, as in the reference
         return self.head(self.peft_features(x, idx))
 

@@ -32,6 +32,13 @@ def query_features(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return backbone.forward_head(backbone.forward_features(x), pre_logits=True)
 
 
+def count_ids(idx: torch.Tensor, n: int) -> torch.Tensor:
+    """How often each of ``0..n-1`` occurs in ``idx`` (``torch.bincount(idx.flatten(), minlength=n)``,
+    which on a GPU waits for it to learn the output size; a scatter-add of fixed size does not)."""
+    flat = idx.flatten()
+    return torch.zeros(n, dtype=torch.long, device=idx.device).index_add_(0, flat, torch.ones_like(flat))
+
+
 class KeyedPool(nn.Module):
     """A pool of M keys ``k_m`` (one per prompt or LoRA module) matched to queries ``q(x)``.
 
@@ -68,10 +75,10 @@ class KeyedPool(nn.Module):
         sim = self.similarity(query)
         idx = sim.topk(self.top_n, dim=1).indices
         if (self.batchwise and self.training) or (self.batchwise_test and not self.training):
-            votes = torch.bincount(idx.flatten(), minlength=self.pool_size)
+            votes = count_ids(idx, self.pool_size)
             major = votes.topk(self.top_n).indices
             idx = major.unsqueeze(0).expand(len(query), -1)
-        self.counts += torch.bincount(idx.flatten(), minlength=self.pool_size)
+        self.counts += count_ids(idx, self.pool_size)
         return idx, sim
 
     @staticmethod
