@@ -64,7 +64,8 @@ def plan(profile: str, methods: Sequence[str] | None = None) -> dict[str, list[s
     bad = [m for m in methods if m not in known]
     if bad or not methods:
         raise ValueError(f"--methods {','.join(methods) or '(empty)'}: {', '.join(bad) or 'no method'} not in the "
-                         f"{profile} protocol; valid: {', '.join(known)} (or '{PAPER_SCOPE}': all but {', '.join(AFTER)})")
+                         f"{profile} protocol; valid: {', '.join(known)} "
+                         f"(or '{PAPER_SCOPE}': all but {', '.join(AFTER)})")
     return {b: kept for b, ms in full.items() if (kept := [m for m in ms if m in methods])}
 
 
@@ -187,10 +188,11 @@ def timing_summary(timing: Sequence[Mapping[str, Any]], methods: Sequence[str] |
     """The protocol's total wall time over the logged invocations (:func:`timing_path`, or a bundle's
     ``timing``): ``{"wall_s", "invocations", "runs", "tune_runs", "head_to_head_runs", "slots"}``;
     ``wall_s`` sums the tuning and head-to-head grids of every invocation that ran something; ``slots``
-    lists the distinct numbers of runs at a time, ``date`` the day of the last one. Only the invocations of the whole plan count, or, with
-    ``methods``, those restricted to exactly these methods (``cl-peft protocol --methods``)."""
+    lists the distinct numbers of runs at a time, ``date`` the day of the last one. Only the invocations of
+    the whole plan count, or, with ``methods``, those restricted to exactly these methods (``--methods``)."""
     scope = None if methods is None else list(methods)
-    used = [t for t in timing if (t.get("tune_runs") or t.get("head_to_head_runs")) and t.get("methods") == scope]
+    used = [t for t in timing
+            if (t.get("tune_runs") or t.get("head_to_head_runs")) and t.get("methods") == scope]
     wall = sum(t["tune_wall_s"] + (t.get("head_to_head_wall_s") or 0) for t in used)
     tr, hr = sum(t.get("tune_runs", 0) for t in used), sum(t.get("head_to_head_runs", 0) for t in used)
     dates = sorted(t["date"][:10] for t in used if t.get("date"))
