@@ -115,7 +115,8 @@ def method_config(method: str, profile: Profile, options: dict[str, Any] | list[
 def batches(ds: Dataset, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
             num_workers: int = 0, pin_memory: bool = False,
             shard: D.Shard | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(uint8 images, labels)`` batches; in-memory data is sliced directly (no per-item Python).
+    """``(uint8 images, labels)`` batches; in-memory data is sliced directly (no per-item Python). With
+    ``pin_memory`` every batch is in pinned host memory, the sliced ones too.
 
     With ``shard`` (data-parallel runs) only this rank's part is read, shuffled by the shard's
     seed and epoch instead of ``generator`` (see :func:`cl_peft_lib.distributed.shard_indices`).
@@ -127,7 +128,9 @@ def batches(ds: Dataset, batch_size: int, shuffle: bool = False, generator: torc
         else:
             order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         for i in range(0, len(order), batch_size):
-            yield ds.get_batch(order[i:i + batch_size])
+            x, y = ds.get_batch(order[i:i + batch_size])
+            # pinned as the DataLoader's: a copy to the GPU from pageable memory would wait for its queued work
+            yield (x.pin_memory(), y.pin_memory()) if pin_memory else (x, y)
         return
     if shard is not None:
         yield from DataLoader(ds, batch_size=batch_size, sampler=D.shard_sampler(ds, shard, shuffle),
@@ -152,7 +155,7 @@ class Runner:
         self.profile = get_profile(cfg.profile)
         device = resolve_device(cfg.device)
         get_method_class(cfg.method)
-        loss_check_every()  # a bad $CL_PEFT_LOSS_CHECK_EVERY
+        self.loss_check_every = loss_check_every()  # a bad $CL_PEFT_LOSS_CHECK_EVERY fails here
         # the reference settings of the method on this benchmark (paper profile), then the run's own options
         ref_opts = self.profile.method_options(cfg.method, cfg.benchmark)
         self.mcfg = method_config(cfg.method, self.profile, {**ref_opts, **parse_opts(cfg.method_options)})
@@ -183,8 +186,6 @@ class Runner:
         pin = self.device.type == "cuda"
         for x, y in batches(ds, batch_size or self.profile.eval_batch_size, shuffle, generator,
                             self.profile.num_workers, pin, shard):
-            if pin and not x.is_pinned():  # in-memory slices: a copy from pageable memory would wait for the GPU
-                x, y = x.pin_memory(), y.pin_memory()
             x = x.to(self.device, non_blocking=True)
             yield to_model_input(x, self.size, self.mean, self.std), y.to(self.device, non_blocking=True)
 
@@ -220,7 +221,7 @@ class Runner:
         scaler = torch.amp.GradScaler(enabled=amp_dtype(self.device) == torch.float16)
         m.train()
         last: dict[str, Any] = {}
-        watch = LossWatch(cfg, loss_check_every())
+        watch = LossWatch(cfg, self.loss_check_every)
         bar = tqdm(total=steps * cfg.epochs, desc=f"task {t}", disable=not self.cfg.progress or not D.is_main(),
                    leave=False)
         try:

@@ -474,9 +474,10 @@ def main(argv: list[str] | None = None) -> int:
             bp = Path(args.bundle).resolve()
             from cl_peft_lib.protocol import PAPER_SCOPE, parse_methods, timing_summary
 
-            log = json.loads(bp.read_text()).get("timing") or []
+            bundle = json.loads(bp.read_text())
+            log = bundle.get("timing") or []
             timing = timing_summary(log)
-            paper = timing_summary(log, parse_methods(PAPER_SCOPE, json.loads(bp.read_text())["profile"]))
+            paper = timing_summary(log, parse_methods(PAPER_SCOPE, bundle["profile"]))
             scoped = (f"the methods of the paper's comparison (`--methods {PAPER_SCOPE}`: all but the methods "
                       f"after it, chapter 8)", paper)
             benches, source = from_bundle(bp), str(bp.relative_to(ROOT)) if bp.is_relative_to(ROOT) else str(bp)
