@@ -152,7 +152,8 @@ def runs_note(res: dict, bs: int | None = None) -> str:
 
 def targets_markdown(res: dict) -> str:
     """Chapter 7's table of the targets; ``pass`` counts fused/compiled variants too (``pass_any``); below it, for
-    each missed training target that a profiler trace covers, the trace's reading (``explained_by_trace``)."""
+    each missed training target that a profiler trace covers, the trace's reading (``explained_by_trace``), and for
+    each missed two-pass target the reading of its measured passes (``explained``)."""
     lines = ["| target | value | threshold | pass |", "|---|---|---|---|"]
     for t in res.get("targets", []):
         ok = t.get("pass_any", t.get("pass"))
@@ -161,6 +162,9 @@ def targets_markdown(res: dict) -> str:
                      f"{'n/a (CPU)' if ok is None else ('yes' if ok else 'no')} |")
     why = [f"- **{t['name']}**, read off the profiler traces: {t['explained_by_trace']}"
            for t in res.get("targets", []) if t.get("explained_by_trace")]
+    why += [f"- **{t['name']}**, read off the measured passes: {t['explained']}"
+            + (f" (compiled: {t['compiled']:.3f} of the compiled limit)" if t.get("compiled") is not None else "")
+            for t in res.get("targets", []) if t.get("explained")]
     return "\n".join(lines + ([""] + why if why else []))
 
 

@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from . import compiling
 from . import distributed as D
 from .backbones import backbone_spec, create_backbone, state_fingerprint
 from .data.base import ConcatImageDataset, has_fast_batches
@@ -156,6 +157,7 @@ class Runner:
         device = resolve_device(cfg.device)
         get_method_class(cfg.method)
         self.loss_check_every = loss_check_every()  # a bad $CL_PEFT_LOSS_CHECK_EVERY fails here
+        compile_mode = compiling.compile_mode()  # ... and a bad $CL_PEFT_COMPILE
         # the reference settings of the method on this benchmark (paper profile), then the run's own options
         ref_opts = self.profile.method_options(cfg.method, cfg.benchmark)
         self.mcfg = method_config(cfg.method, self.profile, {**ref_opts, **parse_opts(cfg.method_options)})
@@ -174,6 +176,10 @@ class Runner:
         mcls = get_method_class(cfg.method)
         s = self.scenario
         self.method: ContinualMethod = mcls(self.backbone, s.kind, s.num_classes, s.num_tasks, self.mcfg).to(self.device)
+        # regional torch.compile where it pays (cl_peft_lib.compiling); recorded in the provenance, not the identity
+        self.compiled, self.compile_note = compiling.wanted(self.profile.name, self.device, compile_mode)
+        if self.compiled:
+            compiling.compile_blocks(self.method)
         b = self.backbone
         self.size, self.mean, self.std = b.cl_img_size, b.cl_mean, b.cl_std
         self.out = Path(cfg.out_dir) if cfg.out_dir else None
@@ -355,7 +361,8 @@ class Runner:
         result: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION, "method": cfg.method, "benchmark": s.name, "scenario": s.kind, "profile": r.profile.name,
             "seed": cfg.seed, "config": r.mcfg.to_dict(), "run": asdict(cfg),
-            "provenance": provenance(r.device, backbone=r.backbone.cl_tag, datasets=",".join(s.datasets)),
+            "provenance": provenance(r.device, backbone=r.backbone.cl_tag, datasets=",".join(s.datasets),
+                                     compile=r.compile_note),
             "task_names": [t.name for t in s.tasks], "class_order": s.class_order,
             "accuracy_matrix": [], "task_id_accuracy": None, "wall_time_s": [], "train_logs": [],
             "trainable_params": m.num_trainable(), "status": "running", "fingerprint": r.fingerprint(),

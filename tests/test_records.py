@@ -85,6 +85,20 @@ def test_the_laptop_check_record_is_complete_and_the_profile_cuts_data_only():
     assert p.train_per_class < o.train_per_class and p.test_per_class < o.test_per_class
 
 
+def test_every_chapter_was_executed_under_laptop_within_15_minutes():
+    """``cl_peft_lib/records/laptop_chapters.json`` (``make execute PROFILE=laptop TIMES=...``, the README's sentence):
+    every chapter of the book executed without error under the laptop profile, each within 15 minutes, on a CPU
+    machine with at most the 4 cores the target names."""
+    import json
+
+    rec = json.loads(record_path("laptop_chapters.json").read_text())
+    assert rec["profile"] == "laptop"
+    assert set(rec["chapters"]) == {p.stem for p in (ROOT / "notebooks").glob("0*.ipynb")}
+    for name, c in rec["chapters"].items():
+        assert c["status"] == "ok" and c["device"] == "cpu" and c["cpu_count"] <= 4, (name, c)
+        assert c["wall_s"] <= 15 * 60, (name, c)
+
+
 def test_chapter_6_starts_from_the_packaged_selections():
     """Chapter 6's committed (offline, GPU) outputs print the selections its ablations started from; they must be
     the packaged protocol's, or the chapter was executed on stale selections and needs executing again."""

@@ -75,15 +75,34 @@ def _targets(cfgs: list[dict], bs: int | None, e2e: list[dict]) -> list[dict]:
         out.append(_target(f"{n}_merged_infer_vs_plain_vit_bs{bs}", (v / pv) if (v and pv) else None, 0.97, note,
                            **extra))
     # Issue 16: the two-pass predictors (a frozen query pass, then the adapted pass) against their limit, half the
-    # plain ViT's throughput: >= 0.95 of it (S-LoRA with merged weights, its fastest predict).
+    # plain ViT's throughput: >= 0.95 of it (S-LoRA with merged weights, its fastest predict). ``compiled``: both
+    # passes compiled (the paper track's default, cl_peft_lib.compiling) against half the compiled plain ViT
+    # (fine-tuning's predict compiled: the plain ViT and a linear head). A miss is read off the measured passes:
+    # ``own_limit_img_s`` is the two-pass limit with the adapted pass at its own measured speed (S-X: the routed
+    # pass alone; L2L: an unmerged LoRA pass, plain LoRA's predict, since per-sample LoRA selection cannot merge).
+    fc = _find(cfgs, "finetune", bs, compiled=True)
+    pvc = (fc or {}).get("infer_img_s", {}).get("inference_mode")
+    lora_unmerged = ((lora or {}).get("infer_img_s") or {}).get("inference_mode")
     for n, key in (("l2p", "inference_mode"), ("l2l", "inference_mode"), ("sprompts", "inference_mode"),
                    ("slora", "merged_inference_mode")):
-        c = _find(cfgs, n, bs)
-        v = (c or {}).get("infer_img_s", {}).get(key)
-        out.append(_target(f"{n}_infer_vs_two_pass_limit_bs{bs}", (v / (pv / 2)) if (v and pv) else None, 0.95,
+        c, cc = _find(cfgs, n, bs), _find(cfgs, n, bs, compiled=True)
+        inf = (c or {}).get("infer_img_s", {})
+        v, vc = inf.get(key), (cc or {}).get("infer_img_s", {}).get(key)
+        value, compiled = (v / (pv / 2)) if (v and pv) else None, (vc / (pvc / 2)) if (vc and pvc) else None
+        adapted = lora_unmerged if n == "l2l" else inf.get("adapted_pass_" + key)
+        own = 1 / (1 / pv + 1 / adapted) if (pv and adapted) else None
+        extra = {"infer_img_s": v, "limit_img_s": (pv / 2) if pv else None,
+                 "compiled": round(compiled, 4) if compiled is not None else None,
+                 "pass_any": any(x is not None and x >= 0.95 for x in (value, compiled)) if value else None}
+        if own and v:
+            extra.update(own_limit_img_s=round(own, 1), vs_own_limit=round(v / own, 4))
+            if value is not None and value < 0.95:
+                extra["explained"] = (f"the adapted pass alone runs at {adapted:,.0f} img/s ({adapted / pv:.2f}x the "
+                                      f"plain ViT's {pv:,.0f}), so two passes can reach at most {own:,.0f} img/s; "
+                                      f"predict runs at {v / own:.2f} of that")
+        out.append(_target(f"{n}_infer_vs_two_pass_limit_bs{bs}", value, 0.95,
                            "two-pass predict >= 0.95 of its limit, half the plain ViT's img/s"
-                           + (" (merged weights)" if key.startswith("merged") else ""), infer_img_s=v,
-                           limit_img_s=(pv / 2) if pv else None))
+                           + (" (merged weights)" if key.startswith("merged") else ""), **extra))
     for e in e2e:
         if e.get("status") == "complete":
             out.append(_target(f"e2e_{e['method']}_wall_s", e.get("wall_s"), 180.0,

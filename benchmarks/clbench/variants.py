@@ -9,6 +9,9 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from cl_peft_lib import compiling
+from cl_peft_lib.compiling import dynamo_stats  # noqa: F401 - the suite's name for it
+
 
 def fused_like(opt: torch.optim.Optimizer, sched):
     """The same optimizer (class, groups, hyper-parameters) with ``fused=True``; its scheduler rebuilt."""
@@ -23,41 +26,10 @@ def fused_like(opt: torch.optim.Optimizer, sched):
 
 
 def compile_blocks(model: nn.Module) -> int:
-    """Regional compilation: ``torch.compile`` every timm ViT ``Block`` in place; returns how many.
-
-    Generic across methods: prompt methods call ``vit.blocks`` (each block compiled), peft and
-    L2L's hooks live inside the blocks. DualPrompt's prefix-tuned blocks call the block's
-    sub-modules directly and so stay eager.
-    """
-    from timm.models.vision_transformer import Block
-
-    import torch._dynamo
-
-    torch._dynamo.reset()
-    try:
-        from torch._dynamo.utils import counters
-        counters.clear()
-    except ImportError:  # pragma: no cover
-        pass
-    cfg = torch._dynamo.config
-    for k in ("recompile_limit", "cache_size_limit"):
-        if hasattr(cfg, k):
-            setattr(cfg, k, max(64, getattr(cfg, k)))
-    blocks = [m for m in model.modules() if isinstance(m, Block)]
-    for b in blocks:
-        b.compile(dynamic=False)  # static shapes: the query pass and the prompted pass get their own kernels
-    return len(blocks)
-
-
-def dynamo_stats() -> dict:
-    """Graph breaks and compiled graphs since the last :func:`compile_blocks` (did compilation cover the model?)."""
-    try:
-        from torch._dynamo.utils import counters
-    except ImportError:  # pragma: no cover
-        return {}
-    return {"graph_breaks": int(sum(counters["graph_break"].values())),
-            "graph_break_reasons": sorted(counters["graph_break"])[:5],
-            "unique_graphs": int(counters["stats"].get("unique_graphs", 0))}
+    """The loop's regional compilation (:func:`cl_peft_lib.compiling.compile_blocks`) with static shapes (the
+    benchmark's fixed batches) and no eager fallback (a failure to compile is recorded, not hidden); returns how
+    many blocks."""
+    return compiling.compile_blocks(model, dynamic=False, fallback=False)
 
 
 def merged_variant(m: nn.Module):

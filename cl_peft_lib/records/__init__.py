@@ -11,6 +11,9 @@ training, also from a ``pip install`` without the repository (Colab):
 * ``bench_h200_fp16.json``: the same for ``benchmarks/results_h200_fp16.json``, the suite under
   ``CL_PEFT_AMP=fp16`` (the T4's path), which the appendix's fp16 table reads
   (:func:`cl_peft_lib.bench_report.fp16_markdown`).
+* ``compile_check.json``: whole runs through the loop on the H200, eager and with regional ``torch.compile``
+  (``scripts/compile_check.py``), from which :data:`cl_peft_lib.compiling.PAYS_PROFILES` is decided
+  (:func:`cl_peft_lib.compiling.measured_verdicts`; chapter 7, "Compiled, in the loop?").
 
 Chapters: ``notebooks/05_head_to_head.ipynb``, ``notebooks/07_efficiency.ipynb`` (the benchmark tables),
 ``notebooks/08_after_the_swap.ipynb``.
