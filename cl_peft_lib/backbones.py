@@ -83,6 +83,10 @@ BACKBONES: dict[str, BackboneSpec] = {
     "random_vit_tiny_p4_28": BackboneSpec(
         "vit_tiny_patch16_224", dict(_OFFLINE_SHAPE), pretrained=False,
         tag="random:vit_tiny_p4_28", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    # The paper track's ViT-B/16, randomly initialised: speed and memory checks of the paper pipeline on a machine
+    # that cannot download the reference weights (scripts/colab_check.py, scripts/compile_check.py).
+    "random_vit_base_patch16_224": BackboneSpec(
+        "vit_base_patch16_224", pretrained=False, tag="random:vit_base_patch16_224"),
     # A micro ViT for unit tests (random weights; seconds on a CPU).
     "test_vit_micro": BackboneSpec(
         "vit_tiny_patch16_224", dict(img_size=16, patch_size=4, embed_dim=48, depth=2, num_heads=2),

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 
-from cl_peft_lib import backbones as bb
 from cl_peft_lib import colab
 from cl_peft_lib.data.fabricate import write_cifar100
 from cl_peft_lib.loop import RunConfig, run_continual
@@ -33,14 +32,13 @@ from cl_peft_lib.utils import provenance
 
 RUNS = [("finetune", s, {}) for s in (0, 1, 2)] + [("joint", s, {}) for s in (0, 1, 2)] + [
     ("l2p", 0, {"pool_size": 1, "top_n": 1, "batchwise": False}), ("l2p", 0, {}), ("dualprompt", 0, {})]
-BACKBONE = "random_vit_base_patch16_224"
+BACKBONE = "random_vit_base_patch16_224"  # cl_peft_lib.backbones: the paper ViT-B/16, random weights
 
 
 def main(out: str) -> int:
     import os
 
     prof = get_profile("colab")
-    bb.BACKBONES[BACKBONE] = bb.BackboneSpec("vit_base_patch16_224", pretrained=False, tag="random:vit_base_patch16_224")
     fp16 = json.loads(record_path("bench_h200_fp16.json").read_text())
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

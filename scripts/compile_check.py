@@ -32,14 +32,13 @@ from pathlib import Path
 
 import torch
 
-from cl_peft_lib import backbones as bb
 from cl_peft_lib.compiling import COMPILE_ENV, dynamo_stats
 from cl_peft_lib.data.fabricate import write_cifar100
 from cl_peft_lib.loop import RunConfig, run_continual
 from cl_peft_lib.profiles import get_profile
 from cl_peft_lib.utils import provenance
 
-BACKBONE = "random_vit_base_patch16_224"
+BACKBONE = "random_vit_base_patch16_224"  # cl_peft_lib.backbones: the paper ViT-B/16, random weights
 #: (profile, benchmark, method, method options) in the order they run
 PLAN = {
     "colab": [("colab", "split-cifar100", m, {}) for m in ("finetune", "l2p", "dualprompt", "lora", "l2l")],
@@ -76,7 +75,6 @@ def one_run(profile: str, benchmark: str, method: str, opts: dict, mode: str) ->
 def main(out: str, profiles: list[str]) -> int:
     """Run the plans named in ``profiles`` (``NAME`` or ``NAME:method,method``), adding them to ``out`` when it
     exists (a pair replaces the same plan's pair of the same method) and rewriting it after every pair."""
-    bb.BACKBONES[BACKBONE] = bb.BackboneSpec("vit_base_patch16_224", pretrained=False, tag="random:vit_base_patch16_224")
     rec = {"schema": "cl-peft-compile-check/1", "provenance": provenance(torch.device("cuda")), "profiles": {}}
     if Path(out).exists():
         old = json.loads(Path(out).read_text())

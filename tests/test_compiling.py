@@ -8,6 +8,7 @@ from cl_peft_lib import compiling
 from cl_peft_lib.backbones import create_backbone
 from cl_peft_lib.loop import RunConfig, Runner, run_continual, train_step
 from cl_peft_lib.records import record_path
+from cl_peft_lib.step import build_optimizer
 
 BB = "test_vit_micro"
 CUDA = torch.device("cuda")
@@ -74,8 +75,6 @@ def test_compiled_blocks_trace_without_graph_breaks_and_train_alike(method, kind
         if compiled:
             assert compiling.compile_blocks(m, backend="eager") > 0
         groups = [g for g in m.param_groups() if g["params"]]
-        from cl_peft_lib.step import build_optimizer
-
         opt, sched = build_optimizer(r.mcfg, groups, 2)
         params = [p for g in groups for p in g["params"]]
         scaler = torch.amp.GradScaler(enabled=False)

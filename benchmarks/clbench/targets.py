@@ -76,7 +76,7 @@ def _targets(cfgs: list[dict], bs: int | None, e2e: list[dict]) -> list[dict]:
                            **extra))
     # Issue 16: the two-pass predictors (a frozen query pass, then the adapted pass) against their limit, half the
     # plain ViT's throughput: >= 0.95 of it (S-LoRA with merged weights, its fastest predict). ``compiled``: both
-    # passes compiled (the paper track's default, cl_peft_lib.compiling) against half the compiled plain ViT
+    # passes compiled (cl_peft_lib.compiling, CL_PEFT_COMPILE=on) against half the compiled plain ViT
     # (fine-tuning's predict compiled: the plain ViT and a linear head). A miss is read off the measured passes:
     # ``own_limit_img_s`` is the two-pass limit with the adapted pass at its own measured speed (S-X: the routed
     # pass alone; L2L: an unmerged LoRA pass, plain LoRA's predict, since per-sample LoRA selection cannot merge).
